@@ -1,0 +1,1 @@
+"""reram_emu: a device-level emulator of analog ReRAM crossbar accelerators in JAX."""
