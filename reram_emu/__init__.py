@@ -1,1 +1,31 @@
-"""reram_emu: a device-level emulator of analog ReRAM crossbar accelerators in JAX."""
+"""reram_emu: a device-level emulator of analog ReRAM crossbar accelerators in JAX.
+
+The data path, one module per step (lower modules never import higher ones):
+
+``config`` -> ``quantization`` -> ``polarization`` -> ``mapping`` (weights to cell levels)
+-> ``devices`` (programming, variation, faults, read noise) -> ``converters`` (ADC)
+-> ``crossbar`` (the pipeline: program and read, with hardware counts).
+
+Typical use::
+
+    import jax, reram_emu as re
+    config = re.preset("forms")
+    layer = re.program(re.map_weights(weights, config), key=jax.random.key(0))
+    outputs, counts = re.read(layer, inputs, key=jax.random.key(1))
+"""
+
+from .config import (ADCConfig, CellConfig, CrossbarConfig, CrossbarGeometry, DeviceConfig,
+                     InputConfig, MappingConfig, NoiseParameters, WeightConfig, preset)
+from .crossbar import ProgrammedLayer, ReadCounts, ReadResult, program, read, read_integers
+from .mapping import MappedWeights, encode_weights, map_weights
+from .polarization import fragment_signs, is_polarized, project_polarized
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADCConfig", "CellConfig", "CrossbarConfig", "CrossbarGeometry", "DeviceConfig",
+    "InputConfig", "MappingConfig", "NoiseParameters", "WeightConfig", "preset",
+    "ProgrammedLayer", "ReadCounts", "ReadResult", "program", "read", "read_integers",
+    "MappedWeights", "encode_weights", "map_weights",
+    "fragment_signs", "is_polarized", "project_polarized",
+]

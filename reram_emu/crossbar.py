@@ -1,0 +1,358 @@
+"""The crossbar pipeline: program a mapped layer, then read batches through it.
+
+Data path of :func:`read` (FIELD.md section 2), per input cycle and fragment:
+
+1. inputs quantized and split into DAC digits (1 bit per cycle by default, LSB first);
+2. the fragment's m rows are driven and every column current flows through the array's
+   *analog response* (:func:`analog_response`: the programmed conductances; a circuit model
+   with wire resistance replaces this one function);
+3. the analog front end subtracts the reference column (G_off baseline) or the negative
+   crossbar (differential), adds read noise, and each fragment's column is converted by its ADC;
+4. the digital back end removes a digital baseline, undoes ISAAC's flip encoding, applies the
+   fragment sign (FORMS), weights each conversion by its cycle and slice significance, and
+   accumulates over fragments, tiles and cycles; the offset (ISAAC) is subtracted with the unit
+   column; the integer result is rescaled to float.
+
+Zero-skipping (FORMS): a fragment runs only as many cycles as its widest input needs; skipped
+cycles are neither converted nor accumulated, so they add no ADC noise.
+
+Everything here is pure JAX: ``program`` and ``read`` jit, vmap over keys, batches and
+:class:`~reram_emu.config.NoiseParameters`, and the programmed state is a pytree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import CrossbarConfig, NoiseParameters
+from .converters import adc_lsb_levels, convert
+from .devices import program_conductance
+from .mapping import ColumnLayout, MappedWeights
+from .quantization import (cycle_weights, effective_cycles, input_digits, input_scale,
+                           quantize_inputs)
+
+__all__ = ["ProgrammedLayer", "ReadCounts", "ReadResult", "program", "analog_response",
+           "adc_response", "read_noise_response", "read", "read_integers", "adc_inputs"]
+
+_FRAGMENT_GROUP = 4
+
+
+@dataclass(frozen=True)
+class ProgrammedLayer:
+    """A layer programmed onto crossbars (a pytree; config and layout are static).
+
+    Attributes:
+      conductance: (F, m, column_tiles, X) programmed cell conductances in level units relative
+        to G_off (see :mod:`reram_emu.devices`; siemens = ``g_off + value * step``).
+      response: (F, m, column_tiles, Y) what a driven fragment row contributes to each ADC
+        input, level units (:func:`analog_response` folded through :func:`adc_response`).
+      fragment_sign, flipped, weight_scale: from :class:`~reram_emu.mapping.MappedWeights`.
+      adc_lsb: () the ADC's LSB in level units.
+    """
+
+    conductance: jax.Array
+    response: jax.Array
+    fragment_sign: jax.Array
+    flipped: jax.Array
+    weight_scale: jax.Array
+    adc_lsb: jax.Array
+    config: CrossbarConfig
+    layout: ColumnLayout
+
+
+jax.tree_util.register_dataclass(
+    ProgrammedLayer,
+    data_fields=["conductance", "response", "fragment_sign", "flipped", "weight_scale",
+                 "adc_lsb"],
+    meta_fields=["config", "layout"])
+
+
+class ReadCounts(NamedTuple):
+    """What the hardware did for one read of a batch.
+
+    Attributes:
+      fragment_cycles: input cycles run, summed over batch rows and fragments (with
+        zero-skipping when the configuration enables it).
+      fragment_cycles_without_skip: the same without zero-skipping (batch x fragments x cycles).
+      adc_conversions: conversions performed (``fragment_cycles`` x ADCs per fragment cycle).
+      adc_conversions_without_skip: conversions without zero-skipping.
+    """
+
+    fragment_cycles: jax.Array
+    fragment_cycles_without_skip: jax.Array
+    adc_conversions: jax.Array
+    adc_conversions_without_skip: jax.Array
+
+    @property
+    def cycles_saved_fraction(self):
+        """Fraction of input cycles (and conversions) that zero-skipping saved."""
+        return 1.0 - self.fragment_cycles / self.fragment_cycles_without_skip
+
+
+class ReadResult(NamedTuple):
+    outputs: jax.Array
+    counts: ReadCounts
+
+
+def analog_response(conductance: jax.Array, config: CrossbarConfig) -> jax.Array:
+    """The array's analog response to driven rows, level units, shape as ``conductance``.
+
+    Without wire resistance a driven row contributes ``digit * G`` to each column: the response
+    is the conductance itself. This is the single place where a circuit model (IR drop) plugs in.
+    """
+    del config
+    return conductance
+
+
+def program(mapped: MappedWeights, key: jax.Array | None = None,
+            noise: NoiseParameters | None = None) -> ProgrammedLayer:
+    """Program mapped weights: draw faults and device variation once from ``key``.
+
+    ``noise`` (traced scalars) overrides the configured device numbers for sweeps.
+    """
+    config = mapped.config
+    conductance = program_conductance(mapped.levels, config.cell, config.device, key, noise)
+    response = adc_response(analog_response(conductance, config), mapped.layout, config)
+    return ProgrammedLayer(
+        conductance=conductance, response=response,
+        fragment_sign=mapped.fragment_sign, flipped=mapped.flipped,
+        weight_scale=mapped.weight_scale,
+        adc_lsb=jnp.asarray(adc_lsb_levels(config), jnp.float32), config=config,
+        layout=mapped.layout)
+
+
+def _fragment_group(layout: ColumnLayout) -> int:
+    """Fragments per scan step of the read kernel (measured best on CPU: 4; see benchmarks)."""
+    return min(layout.fragments, _FRAGMENT_GROUP)
+
+
+def adc_response(physical: jax.Array, layout: ColumnLayout, config: CrossbarConfig) -> jax.Array:
+    """Per-physical-column response (..., X) -> response of each ADC input (..., Y).
+
+    The analog front end is linear, so it folds into the response: a data column minus the
+    reference column (G_off baseline) or minus the negative crossbar's column (differential);
+    with a digital baseline the G_off current (``off_in_levels`` per driven row) stays in.
+    Y = the data columns, plus the unit column for the offset scheme.
+    """
+    data = layout.data_columns
+    if layout.scheme == "differential":
+        return physical[..., :data] - physical[..., data:2 * data]
+    kept = physical[..., :data]
+    if layout.unit_column is not None:
+        kept = jnp.concatenate([kept, physical[..., layout.unit_column:layout.unit_column + 1]],
+                               axis=-1)
+    if layout.reference_column is not None:
+        return kept - physical[..., layout.reference_column:layout.reference_column + 1]
+    return kept + config.cell.off_in_levels
+
+
+def read_noise_response(conductance: jax.Array, layout: ColumnLayout,
+                        config: CrossbarConfig) -> jax.Array:
+    """Squared total conductances (level units) summed over the physical columns behind each
+    ADC input (..., Y): the variance of an ADC input under per-cell read noise of relative
+    sigma is ``sigma**2 * sum_i digit_i**2 * noise_response_i`` (independent cells add)."""
+    squared = (conductance + config.cell.off_in_levels) ** 2
+    data = layout.data_columns
+    if layout.scheme == "differential":
+        return squared[..., :data] + squared[..., data:2 * data]
+    kept = squared[..., :data]
+    if layout.unit_column is not None:
+        kept = jnp.concatenate([kept, squared[..., layout.unit_column:layout.unit_column + 1]],
+                               axis=-1)
+    if layout.reference_column is not None:
+        return kept + squared[..., layout.reference_column:layout.reference_column + 1]
+    return kept
+
+
+def _pad_axis(array: jax.Array, axis: int, size: int) -> jax.Array:
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (0, size - array.shape[axis])
+    return jnp.pad(array, pad)
+
+
+def _noise_values(noise: NoiseParameters | None, config: CrossbarConfig):
+    """(read sigma, ADC noise LSB, ADC offset LSB, any noise drawn?) from config or override."""
+    if noise is not None:
+        return noise.read_noise_sigma, noise.adc_noise_lsb, noise.adc_offset_lsb, True
+    read_sigma, adc_noise = config.device.read_noise_sigma, config.adc.noise_lsb
+    return read_sigma, adc_noise, config.adc.offset_lsb, (read_sigma > 0 or adc_noise > 0)
+
+
+def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | None = None,
+                  noise: NoiseParameters | None = None) -> ReadResult:
+    """Emulated product of integer inputs (B, K) with the layer's integer weights.
+
+    With every non-ideality off and enough ADC bits this equals ``x_int @ integer_weights``
+    exactly (float32 holds it exactly while the magnitudes stay below 2**24). Read noise and ADC
+    noise are drawn from ``key``: batch row ``r``, fragment ``f`` from
+    ``fold_in(fold_in(key, r), f)``, so a row's noise does not depend on the batch it is in.
+
+    The kernel walks the batch in chunks (``lax.map``) and the fragments in groups
+    (``lax.scan``); inside a group one batched matmul gives every ADC input, and the ADC and
+    digital back end of the group's fragments fuse into one pass over that product.
+    """
+    config, layout = layer.config, layer.layout
+    inputs = config.inputs
+    m, fragments, cycles = layout.fragment_rows, layout.fragments, inputs.cycles
+    tiles, data_columns = layout.column_tiles, layout.data_columns
+    adc_width = layer.response.shape[-1]
+    batch = x_int.shape[0]
+    x_int = _pad_axis(x_int.astype(jnp.int32), 1, fragments * m)
+
+    if config.zero_skip:
+        needed = effective_cycles(x_int, inputs, m)  # (B, F)
+    else:
+        needed = jnp.full((batch, fragments), cycles, jnp.int32)
+    significance = jnp.swapaxes(cycle_weights(needed, inputs), 1, 2)  # (B, cycles, F)
+
+    read_sigma, adc_noise, adc_offset, draws = _noise_values(noise, config)
+    if draws and key is None:
+        raise ValueError("reading with read noise or ADC noise needs a jax.random key")
+
+    group = _fragment_group(layout)
+    groups = -(-fragments // group)
+    padded = groups * group
+    flat = (padded, m, tiles * adc_width)
+    response = _pad_axis(layer.response, 0, padded).reshape(flat)
+    noise_response = (_pad_axis(read_noise_response(layer.conductance, layout, config), 0,
+                                padded).reshape(flat) if draws else None)
+    sign = jnp.repeat(_pad_axis(layer.fragment_sign, 0, padded), layout.slices, axis=-1)
+    flipped = _pad_axis(layer.flipped, 0, padded)
+    lsb = layer.adc_lsb
+
+    chunk = min(config.chunk_size, batch)
+    chunks = -(-batch // chunk)
+    n = chunk * cycles
+    x_chunks = _pad_axis(x_int, 0, chunks * chunk).reshape(chunks, chunk, fragments * m)
+    s_chunks = _pad_axis(_pad_axis(significance, 2, padded), 0, chunks * chunk)
+    s_chunks = s_chunks.reshape(chunks, chunk, cycles, groups, group)
+    rows = jnp.arange(chunks * chunk, dtype=jnp.uint32).reshape(chunks, chunk)
+
+    def chunk_body(args):
+        x_chunk, s_chunk, row_ids = args
+        digits = _pad_axis(input_digits(x_chunk, inputs), 2, padded * m)  # (b, cycles, F*m)
+        digits = jnp.transpose(digits.reshape(n, groups, group, m), (1, 2, 0, 3))
+        row_keys = (jax.vmap(lambda r: jax.random.fold_in(key, r))(row_ids) if draws else None)
+
+        def group_body(carry, g):
+            acc, acc_unit = carry
+            d = digits[g]  # (group, n, m)
+            start = g * group
+            block = jax.lax.dynamic_slice_in_dim(response, start, group, 0)
+            product = jax.lax.dot_general(d, block, (((2,), (1,)), ((0,), (0,))))
+            digit_sum = jnp.sum(d, axis=-1)  # (group, n)
+            if draws:
+                squares = jax.lax.dynamic_slice_in_dim(noise_response, start, group, 0)
+                variance = jax.lax.dot_general(d * d, squares, (((2,), (1,)), ((0,), (0,))))
+                fragment_ids = (start + jnp.arange(group)).astype(jnp.uint32)
+                normal = jax.vmap(lambda k: jax.vmap(lambda f: jax.random.normal(
+                    jax.random.fold_in(k, f), (cycles, tiles * adc_width)))(fragment_ids))(
+                    row_keys)  # (b, group, cycles, tiles * Y)
+            group_sign = jax.lax.dynamic_slice_in_dim(sign, start, group, 0)
+            group_flipped = jax.lax.dynamic_slice_in_dim(flipped, start, group, 0)
+            group_significance = s_chunk[:, :, g]  # (b, cycles, group)
+            for i in range(group):  # unrolled: the ADC and sums fuse into one pass
+                adc_in = product[i]
+                if draws:
+                    std_lsb = jnp.sqrt(variance[i] * read_sigma ** 2 / lsb ** 2 + adc_noise ** 2)
+                    adc_in = adc_in + std_lsb * lsb * normal[:, i].reshape(n, -1)
+                values = convert(adc_in.reshape(n, tiles, adc_width), lsb, config, None,
+                                 adc_offset)
+                values, unit = _digital_group(values, digit_sum[i], group_sign[i],
+                                              group_flipped[i], layout, config)
+                weight = group_significance[:, :, i, None, None]
+                acc = acc + weight * values.reshape(chunk, cycles, tiles, data_columns)
+                if unit is not None:
+                    acc_unit = acc_unit + weight[..., 0] * unit.reshape(chunk, cycles, tiles)
+            return (acc, acc_unit), None
+
+        init = (jnp.zeros((chunk, cycles, tiles, data_columns), jnp.float32),
+                jnp.zeros((chunk, cycles, tiles), jnp.float32))
+        (acc, acc_unit), _ = jax.lax.scan(group_body, init, jnp.arange(groups))
+        return jnp.sum(acc, axis=1), jnp.sum(acc_unit, axis=1)
+
+    acc, acc_unit = jax.lax.map(chunk_body, (x_chunks, s_chunks, rows))
+    acc = acc.reshape(chunks * chunk, tiles, layout.weights_per_tile, layout.slices)[:batch]
+    slice_significance = 2.0 ** (config.cell.bits_per_cell * jnp.arange(layout.slices))
+    out = jnp.einsum("btws,s->btw", acc, slice_significance)
+    if layout.scheme == "offset":
+        offset = 2.0 ** (config.weights.bits - 1)
+        out = out - offset * acc_unit.reshape(chunks * chunk, tiles)[:batch, :, None]
+    out = out.reshape(batch, layout.padded_out_features)[:, :layout.out_features]
+    return ReadResult(out, _counts(needed, layout, cycles))
+
+
+def _digital_group(values, digit_sum, sign, flipped, layout: ColumnLayout,
+                   config: CrossbarConfig):
+    """Digital back end of one fragment: converted values (n, T, Y) -> signed slice-column
+    values (n, T, W*S) and, for the offset scheme, the unit column's count (n, T). Removes a digital baseline, undoes the flip encoding, applies fragment signs."""
+    if config.mapping.baseline == "digital" and layout.scheme != "differential":
+        values = values - config.cell.off_in_levels * digit_sum[..., None, None]
+    unit = None
+    if layout.unit_column is not None:
+        unit, values = values[..., -1], values[..., :-1]
+        if config.mapping.flip_encoding:
+            values = jnp.where(flipped > 0, config.cell.max_level * unit[..., None] - values,
+                               values)
+    if layout.scheme == "polarized":
+        values = values * sign
+    return values, unit
+
+
+def _counts(needed: jax.Array, layout: ColumnLayout, cycles: int) -> ReadCounts:
+    per_cycle = layout.column_tiles * layout.adc_inputs_per_tile
+    run = jnp.sum(needed)
+    full = jnp.asarray(needed.size * cycles, jnp.int32)
+    return ReadCounts(run, full, run * per_cycle, full * per_cycle)
+
+
+def _validate_inputs(layer: ProgrammedLayer, x) -> None:
+    if not isinstance(layer, ProgrammedLayer):
+        raise TypeError(f"layer must be a ProgrammedLayer (from program()), got "
+                        f"{type(layer).__name__}")
+    shape = np.shape(x)
+    if len(shape) != 2 or shape[1] != layer.layout.in_features:
+        raise ValueError(f"inputs must have shape (batch, {layer.layout.in_features}), "
+                         f"got {shape}")
+    if shape[0] < 1:
+        raise ValueError("the input batch is empty")
+    if not isinstance(x, jax.core.Tracer):
+        array = np.asarray(x)
+        if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype,
+                                                                        np.complexfloating):
+            raise TypeError(f"inputs must be real numbers, got dtype {array.dtype}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"inputs contain {int(np.sum(~np.isfinite(array)))} NaN or "
+                             f"infinite values; all must be finite")
+
+
+def read(layer: ProgrammedLayer, x: jax.Array, key: jax.Array | None = None,
+         noise: NoiseParameters | None = None, scale: jax.Array | None = None) -> ReadResult:
+    """Emulated ``x @ weights`` for a float input batch (B, K) -> outputs (B, N).
+
+    Inputs are quantized with ``scale`` (shape () or (B, 1)) or, by default, the configured
+    dynamic scale; the integer result is rescaled by the input and weight scales.
+    """
+    _validate_inputs(layer, x)
+    x = jnp.asarray(x, jnp.float32)
+    step = input_scale(x, layer.config.inputs) if scale is None else jnp.asarray(scale,
+                                                                                jnp.float32)
+    x_int = quantize_inputs(x, step, layer.config.inputs)
+    result = read_integers(layer, x_int, key, noise)
+    return ReadResult(result.outputs * step * layer.weight_scale, result.counts)
+
+
+def adc_inputs(layer: ProgrammedLayer, x_int: jax.Array) -> jax.Array:
+    """Noise-free ADC inputs (level units) of every cycle and fragment, for ADC calibration and
+    range studies: (B, cycles, F, column_tiles, Y)."""
+    config, layout = layer.config, layer.layout
+    m = layout.fragment_rows
+    x_int = _pad_axis(x_int.astype(jnp.int32), 1, layout.fragments * m)
+    digits = input_digits(x_int, config.inputs)
+    digits = digits.reshape(digits.shape[:2] + (layout.fragments, m))
+    return jnp.einsum("bkfm,fmtx->bkftx", digits, layer.response)
