@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 __all__ = [
@@ -357,6 +358,8 @@ class CrossbarConfig:
         its rows are zero; skipped cycles are not converted (no ADC noise) and are counted.
       chunk_size: batch rows processed together in the read kernel (memory / speed trade-off;
         results do not depend on it).
+      dtype: ``"float32"`` (default) or ``"float64"`` (needs ``jax_enable_x64``; integer-exact
+        up to 2**53 instead of 2**24, e.g. for ISAAC's 16-bit weights and inputs).
     """
 
     geometry: CrossbarGeometry = field(default_factory=CrossbarGeometry)
@@ -368,6 +371,7 @@ class CrossbarConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     zero_skip: bool = True
     chunk_size: int = 64
+    dtype: str = "float32"
 
     def __post_init__(self):
         for name, cls in [("geometry", CrossbarGeometry), ("cell", CellConfig),
@@ -379,6 +383,7 @@ class CrossbarConfig:
         if not isinstance(self.zero_skip, bool):
             raise TypeError(f"zero_skip must be a bool, got {self.zero_skip!r}")
         _check_int("chunk_size", self.chunk_size)
+        _check_choice("dtype", self.dtype, ("float32", "float64"))
         if self.weight_slices * self.columns_per_slice > self.geometry.columns:
             raise ValueError(
                 f"one weight needs {self.weight_slices} slice columns but the crossbar has "
@@ -409,10 +414,17 @@ class CrossbarConfig:
         """Logical output columns per crossbar tile (slices of one weight side by side)."""
         return self.geometry.columns // self.weight_slices
 
+    @property
+    def float_dtype(self):
+        """The floating dtype of the pipeline; float64 only when JAX's x64 mode is on."""
+        if self.dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ValueError("dtype='float64' needs jax.config.update('jax_enable_x64', True)")
+        return jnp.dtype(self.dtype)
+
     def noise_parameters(self) -> NoiseParameters:
-        """The configured numeric non-idealities as float32 scalars."""
+        """The configured numeric non-idealities as scalars of the pipeline's dtype."""
         d, a = self.device, self.adc
-        f = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+        f = lambda v: jnp.asarray(v, self.float_dtype)  # noqa: E731
         return NoiseParameters(f(d.variation_sigma), f(d.read_noise_sigma), f(d.stuck_on_rate),
                                f(d.stuck_off_rate), f(a.noise_lsb), f(a.offset_lsb))
 

@@ -90,4 +90,4 @@ def calibrated_lsb(adc_inputs: jax.Array, config: CrossbarConfig,
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
     _, top = code_range(config)
     full_scale = jnp.percentile(jnp.abs(adc_inputs), percentile)
-    return jnp.maximum(full_scale / top, 1.0 / top).astype(jnp.float32)
+    return jnp.maximum(full_scale / top, 1.0 / top).astype(adc_inputs.dtype)

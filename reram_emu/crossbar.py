@@ -122,7 +122,7 @@ def program(mapped: MappedWeights, key: jax.Array | None = None,
         conductance=conductance, response=response,
         fragment_sign=mapped.fragment_sign, flipped=mapped.flipped,
         weight_scale=mapped.weight_scale,
-        adc_lsb=jnp.asarray(adc_lsb_levels(config), jnp.float32), config=config,
+        adc_lsb=jnp.asarray(adc_lsb_levels(config), conductance.dtype), config=config,
         layout=mapped.layout)
 
 
@@ -188,7 +188,8 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
     """Emulated product of integer inputs (B, K) with the layer's integer weights.
 
     With every non-ideality off and enough ADC bits this equals ``x_int @ integer_weights``
-    exactly (float32 holds it exactly while the magnitudes stay below 2**24). Read noise and ADC
+    exactly (float32 holds it exactly while the magnitudes stay below 2**24; use
+    ``dtype="float64"`` beyond). Read noise and ADC
     noise are drawn from ``key``: batch row ``r``, fragment ``f`` from
     ``fold_in(fold_in(key, r), f)``, so a row's noise does not depend on the batch it is in.
 
@@ -208,7 +209,8 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
         needed = effective_cycles(x_int, inputs, m)  # (B, F)
     else:
         needed = jnp.full((batch, fragments), cycles, jnp.int32)
-    significance = jnp.swapaxes(cycle_weights(needed, inputs), 1, 2)  # (B, cycles, F)
+    dtype = layer.response.dtype
+    significance = jnp.swapaxes(cycle_weights(needed, inputs, dtype), 1, 2)  # (B, cycles, F)
 
     read_sigma, adc_noise, adc_offset, draws = _noise_values(noise, config)
     if draws and key is None:
@@ -235,7 +237,7 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
 
     def chunk_body(args):
         x_chunk, s_chunk, row_ids = args
-        digits = _pad_axis(input_digits(x_chunk, inputs), 2, padded * m)  # (b, cycles, F*m)
+        digits = _pad_axis(input_digits(x_chunk, inputs, dtype), 2, padded * m)
         digits = jnp.transpose(digits.reshape(n, groups, group, m), (1, 2, 0, 3))
         row_keys = (jax.vmap(lambda r: jax.random.fold_in(key, r))(row_ids) if draws else None)
 
@@ -251,7 +253,7 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
                 variance = jax.lax.dot_general(d * d, squares, (((2,), (1,)), ((0,), (0,))))
                 fragment_ids = (start + jnp.arange(group)).astype(jnp.uint32)
                 normal = jax.vmap(lambda k: jax.vmap(lambda f: jax.random.normal(
-                    jax.random.fold_in(k, f), (cycles, tiles * adc_width)))(fragment_ids))(
+                    jax.random.fold_in(k, f), (cycles, tiles * adc_width), dtype))(fragment_ids))(
                     row_keys)  # (b, group, cycles, tiles * Y)
             group_sign = jax.lax.dynamic_slice_in_dim(sign, start, group, 0)
             group_flipped = jax.lax.dynamic_slice_in_dim(flipped, start, group, 0)
@@ -271,14 +273,15 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
                     acc_unit = acc_unit + weight[..., 0] * unit.reshape(chunk, cycles, tiles)
             return (acc, acc_unit), None
 
-        init = (jnp.zeros((chunk, cycles, tiles, data_columns), jnp.float32),
-                jnp.zeros((chunk, cycles, tiles), jnp.float32))
+        init = (jnp.zeros((chunk, cycles, tiles, data_columns), dtype),
+                jnp.zeros((chunk, cycles, tiles), dtype))
         (acc, acc_unit), _ = jax.lax.scan(group_body, init, jnp.arange(groups))
         return jnp.sum(acc, axis=1), jnp.sum(acc_unit, axis=1)
 
     acc, acc_unit = jax.lax.map(chunk_body, (x_chunks, s_chunks, rows))
     acc = acc.reshape(chunks * chunk, tiles, layout.weights_per_tile, layout.slices)[:batch]
-    slice_significance = 2.0 ** (config.cell.bits_per_cell * jnp.arange(layout.slices))
+    slice_significance = jnp.asarray(
+        [2.0 ** (config.cell.bits_per_cell * s) for s in range(layout.slices)], dtype)
     out = jnp.einsum("btws,s->btw", acc, slice_significance)
     if layout.scheme == "offset":
         offset = 2.0 ** (config.weights.bits - 1)
@@ -339,9 +342,9 @@ def read(layer: ProgrammedLayer, x: jax.Array, key: jax.Array | None = None,
     dynamic scale; the integer result is rescaled by the input and weight scales.
     """
     _validate_inputs(layer, x)
-    x = jnp.asarray(x, jnp.float32)
-    step = input_scale(x, layer.config.inputs) if scale is None else jnp.asarray(scale,
-                                                                                jnp.float32)
+    dtype = layer.config.float_dtype
+    x = jnp.asarray(x, dtype)
+    step = input_scale(x, layer.config.inputs) if scale is None else jnp.asarray(scale, dtype)
     x_int = quantize_inputs(x, step, layer.config.inputs)
     result = read_integers(layer, x_int, key, noise)
     return ReadResult(result.outputs * step * layer.weight_scale, result.counts)
@@ -353,6 +356,6 @@ def adc_inputs(layer: ProgrammedLayer, x_int: jax.Array) -> jax.Array:
     config, layout = layer.config, layer.layout
     m = layout.fragment_rows
     x_int = _pad_axis(x_int.astype(jnp.int32), 1, layout.fragments * m)
-    digits = input_digits(x_int, config.inputs)
+    digits = input_digits(x_int, config.inputs, layer.response.dtype)
     digits = digits.reshape(digits.shape[:2] + (layout.fragments, m))
     return jnp.einsum("bkfm,fmtx->bkftx", digits, layer.response)

@@ -41,7 +41,7 @@ def program_conductance(levels: jax.Array, cell: CellConfig, device: DeviceConfi
     target levels exactly and ``key`` may be None.
 
     Args:
-      levels: target levels (any shape), float32.
+      levels: target levels (any shape, floating dtype).
       noise: traced values overriding ``device``'s numbers (every path compiled in).
     """
     conductance = snap_to_programmable_levels(levels, cell, device.programmable_levels)
@@ -60,12 +60,12 @@ def program_conductance(levels: jax.Array, cell: CellConfig, device: DeviceConfi
         raise ValueError("programming with variation or stuck-at faults needs a jax.random key")
     fault_key, variation_key = jax.random.split(key)
     if enabled_faults:
-        u = jax.random.uniform(fault_key, conductance.shape)
+        u = jax.random.uniform(fault_key, conductance.shape, conductance.dtype)
         conductance = jnp.where(u < stuck_on, float(cell.max_level), conductance)
         conductance = jnp.where((u >= stuck_on) & (u < stuck_on + stuck_off), 0.0, conductance)
     if enabled_variation:
         beta = cell.off_in_levels
-        n = jax.random.normal(variation_key, conductance.shape)
+        n = jax.random.normal(variation_key, conductance.shape, conductance.dtype)
         total = conductance + beta
         if device.variation == "lognormal":
             factor_minus_one = jnp.expm1(sigma * n)

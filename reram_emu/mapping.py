@@ -98,13 +98,14 @@ class MappedWeights:
     """Target cell levels of a layer, before programming (a pytree).
 
     Attributes:
-      levels: (F, m, column_tiles, X) float32 target level index of every cell.
-      fragment_sign: (F, column_tiles, W) float32, +1/-1 per fragment and output column
+      levels: (F, m, column_tiles, X) target level index of every cell. All arrays have the
+        configuration's floating dtype (float32 by default).
+      fragment_sign: (F, column_tiles, W), +1/-1 per fragment and output column
         (polarized; all +1 otherwise). Stored in FORMS's small sign array.
-      flipped: (F, column_tiles, W*S) float32, 1 where ISAAC's flip encoding stored a slice
+      flipped: (F, column_tiles, W*S), 1 where ISAAC's flip encoding stored a slice
         column as ``max_level - level`` for that fragment (offset scheme), else 0.
-      integer_weights: (K, N) float32, the quantized (and, if asked, projected) integer weights.
-      weight_scale: () or (N,) float32, ``weights ~= integer_weights * weight_scale``.
+      integer_weights: (K, N), the quantized (and, if asked, projected) integer weights.
+      weight_scale: () or (N,), ``weights ~= integer_weights * weight_scale``.
       config, layout: static.
       report: the polarization damage when weights were projected (not part of the pytree).
     """
@@ -129,7 +130,7 @@ def _slice_levels(magnitude: jax.Array, slices: int, bits_per_cell: int) -> jax.
     """Split non-negative integers (..., ) into (..., slices) levels, least significant first."""
     shifts = bits_per_cell * jnp.arange(slices, dtype=jnp.int32)
     parts = jnp.right_shift(magnitude.astype(jnp.int32)[..., None], shifts)
-    return jnp.bitwise_and(parts, 2 ** bits_per_cell - 1).astype(jnp.float32)
+    return jnp.bitwise_and(parts, 2 ** bits_per_cell - 1).astype(magnitude.dtype)
 
 
 def _to_tiles(columns: jax.Array, layout: ColumnLayout) -> jax.Array:
@@ -156,9 +157,10 @@ def encode_weights(weights: jax.Array, config: CrossbarConfig) -> MappedWeights:
     layout = column_layout(config, k, n)
     scheme, m = config.mapping.scheme, layout.fragment_rows
     bits_per_cell, max_level = config.cell.bits_per_cell, config.cell.max_level
-    integers, scale = quantize_weights(weights.astype(jnp.float32), config.weights)
+    dtype = config.float_dtype
+    integers, scale = quantize_weights(weights.astype(dtype), config.weights)
 
-    sign = jnp.ones((layout.fragments, n), jnp.float32)
+    sign = jnp.ones((layout.fragments, n), dtype)
     if scheme == "polarized":
         sign = fragment_signs(integers, m, "sum")
         integers = project_polarized(integers, m, signs=sign)
@@ -173,9 +175,9 @@ def encode_weights(weights: jax.Array, config: CrossbarConfig) -> MappedWeights:
     else:
         data = _to_tiles(_slice_levels(jnp.abs(fragments), layout.slices, bits_per_cell), layout)
 
-    flipped = jnp.zeros((layout.fragments, layout.column_tiles, layout.data_columns), jnp.float32)
+    flipped = jnp.zeros((layout.fragments, layout.column_tiles, layout.data_columns), dtype)
     if scheme == "offset" and config.mapping.flip_encoding:
-        flipped = (jnp.sum(data, axis=1) * 2 > m * max_level).astype(jnp.float32)
+        flipped = (jnp.sum(data, axis=1) * 2 > m * max_level).astype(dtype)
         data = jnp.where(flipped[:, None] > 0, max_level - data, data)
 
     blocks = [data]
@@ -188,11 +190,11 @@ def encode_weights(weights: jax.Array, config: CrossbarConfig) -> MappedWeights:
         blocks = [_to_tiles(positive_part, layout), _to_tiles(negative_part, layout)]
     extra_shape = data.shape[:3] + (1,)
     if layout.reference_column is not None:
-        blocks.append(jnp.zeros(extra_shape, jnp.float32))
+        blocks.append(jnp.zeros(extra_shape, dtype))
     if layout.unit_column is not None:
         real_rows = (jnp.arange(layout.fragments * m) < k).reshape(layout.fragments, m)
         blocks.append(jnp.broadcast_to(real_rows[:, :, None, None], extra_shape)
-                      .astype(jnp.float32))
+                      .astype(dtype))
     levels = jnp.concatenate(blocks, axis=-1)
     return MappedWeights(levels=levels, fragment_sign=_pad_output_columns(sign, layout),
                          flipped=flipped, integer_weights=integers, weight_scale=scale,
@@ -213,7 +215,7 @@ def _validate_weights(weights) -> jax.Array:
     if not np.all(np.isfinite(array)):
         bad = int(np.sum(~np.isfinite(array)))
         raise ValueError(f"weights contain {bad} NaN or infinite values; all must be finite")
-    return jnp.asarray(array, jnp.float32)
+    return jnp.asarray(array)
 
 
 def map_weights(weights, config: CrossbarConfig) -> MappedWeights:
@@ -225,7 +227,7 @@ def map_weights(weights, config: CrossbarConfig) -> MappedWeights:
     """
     if not isinstance(config, CrossbarConfig):
         raise TypeError(f"config must be a CrossbarConfig, got {type(config).__name__}")
-    weights = _validate_weights(weights)
+    weights = _validate_weights(weights).astype(config.float_dtype)
     report = None
     if config.mapping.scheme == "polarized":
         integers, _ = quantize_weights(weights, config.weights)

@@ -20,14 +20,15 @@ __all__ = [
     "quantize_inputs",
     "input_digits",
     "effective_cycles",
+    "cycle_weights",
 ]
 
 
 def quantize_weights(weights: jax.Array, config: WeightConfig) -> tuple[jax.Array, jax.Array]:
     """Quantize a (K, N) weight matrix (K inputs, N outputs) to signed integers.
 
-    Returns ``(integers, scale)`` with ``weights ~= integers * scale``; ``integers`` is float32
-    holding exact integers and ``scale`` has shape () (per layer) or (N,) (per output channel).
+    Returns ``(integers, scale)`` with ``weights ~= integers * scale``; ``integers`` has the
+    weights' floating dtype and holds exact integers and ``scale`` has shape () (per layer) or (N,) (per output channel).
     An all-zero layer or channel gets scale 1.
     """
     levels = 2 ** (config.bits - 1) - 1
@@ -35,8 +36,8 @@ def quantize_weights(weights: jax.Array, config: WeightConfig) -> tuple[jax.Arra
         max_abs = jnp.max(jnp.abs(weights))
     else:
         max_abs = jnp.max(jnp.abs(weights), axis=0)
-    scale = jnp.where(max_abs > 0, max_abs / levels, 1.0).astype(jnp.float32)
-    integers = jnp.clip(jnp.round(weights / scale), -levels, levels).astype(jnp.float32)
+    scale = jnp.where(max_abs > 0, max_abs / levels, 1.0).astype(weights.dtype)
+    integers = jnp.clip(jnp.round(weights / scale), -levels, levels)
     return integers, scale
 
 
@@ -51,7 +52,7 @@ def input_scale(x: jax.Array, config: InputConfig) -> jax.Array:
         max_abs = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
     else:
         max_abs = jnp.max(jnp.abs(x))
-    return jnp.where(max_abs > 0, max_abs / top, 1.0).astype(jnp.float32)
+    return jnp.where(max_abs > 0, max_abs / top, 1.0).astype(x.dtype)
 
 
 def quantize_inputs(x: jax.Array, scale: jax.Array, config: InputConfig) -> jax.Array:
@@ -66,10 +67,11 @@ def quantize_inputs(x: jax.Array, scale: jax.Array, config: InputConfig) -> jax.
     return jnp.clip(jnp.round(x / scale), low, high).astype(jnp.int32)
 
 
-def input_digits(x_int: jax.Array, config: InputConfig) -> jax.Array:
+def input_digits(x_int: jax.Array, config: InputConfig, dtype=jnp.float32) -> jax.Array:
     """The DAC level of every input cycle, least significant first.
 
-    ``x_int`` of shape (..., K) int32 gives (..., cycles, K) float32 in ``[0, 2**dac_bits - 1]``.
+    ``x_int`` of shape (..., K) int32 gives (..., cycles, K) of ``dtype`` in
+    ``[0, 2**dac_bits - 1]``.
     Signed inputs are taken as ``bits``-bit two's complement; the sign of the last cycle is
     applied by the digital shift-add (see :func:`cycle_weights`).
     """
@@ -77,7 +79,7 @@ def input_digits(x_int: jax.Array, config: InputConfig) -> jax.Array:
     unsigned = jnp.bitwise_and(x_int, mask)
     shifts = config.dac_bits * jnp.arange(config.cycles, dtype=jnp.int32)
     digits = jnp.right_shift(unsigned[..., None, :], shifts[:, None])
-    return jnp.bitwise_and(digits, config.max_digit).astype(jnp.float32)
+    return jnp.bitwise_and(digits, config.max_digit).astype(dtype)
 
 
 def _bit_length(value: jax.Array) -> jax.Array:
@@ -103,15 +105,15 @@ def effective_cycles(x_int: jax.Array, config: InputConfig, group: int) -> jax.A
     return jnp.max(cycles.reshape(shape), axis=-1)
 
 
-def cycle_weights(cycles_needed: jax.Array, config: InputConfig) -> jax.Array:
+def cycle_weights(cycles_needed: jax.Array, config: InputConfig, dtype=jnp.float32) -> jax.Array:
     """Digital significance of each input cycle for groups that run ``cycles_needed`` cycles.
 
-    ``cycles_needed`` (...,) int32 gives (..., cycles) float32: ``2**(dac_bits * k)`` for the
+    ``cycles_needed`` (...,) int32 gives (..., cycles) of ``dtype``: ``2**(dac_bits * k)`` for the
     cycles run, 0 for skipped ones, and for signed inputs ``-2**(n-1)`` for the last cycle run
     (its bit is the sign bit of the sign-extended ``n``-bit two's complement value).
     """
     k = jnp.arange(config.cycles, dtype=jnp.int32)
-    significance = jnp.exp2((config.dac_bits * k).astype(jnp.float32))
+    significance = jnp.left_shift(1, config.dac_bits * k).astype(dtype)  # exact powers of 2
     needed = cycles_needed[..., None]
     run = k < needed
     if config.signed:
