@@ -37,7 +37,8 @@ from .quantization import (cycle_weights, effective_cycles, input_digits, input_
                            quantize_inputs)
 
 __all__ = ["ProgrammedLayer", "ReadCounts", "ReadResult", "program", "analog_response",
-           "adc_response", "read_noise_response", "read", "read_integers", "adc_inputs"]
+           "adc_response", "read_noise_response", "read", "read_integers", "adc_inputs",
+           "effective_weights"]
 
 _FRAGMENT_GROUP = 4
 
@@ -359,3 +360,33 @@ def adc_inputs(layer: ProgrammedLayer, x_int: jax.Array) -> jax.Array:
     digits = input_digits(x_int, config.inputs, layer.response.dtype)
     digits = digits.reshape(digits.shape[:2] + (layout.fragments, m))
     return jnp.einsum("bkfm,fmtx->bkftx", digits, layer.response)
+
+
+def effective_weights(layer: ProgrammedLayer) -> jax.Array:
+    """The (K, N) float weight matrix the programmed array realizes with an ideal ADC.
+
+    Reads every cell's response (programmed conductance, variation, faults and wires included)
+    back into weight units: slice significance, fragment sign, flip and offset decoding, and
+    the weight scale. Without non-idealities this is ``integer_weights * weight_scale``. Useful
+    for fast noise-aware training (a float matmul with the programmed weights) and for
+    straight-through gradients of :func:`read`.
+    """
+    config, layout = layer.config, layer.layout
+    f, m, tiles, _ = layer.response.shape
+    response = layer.response
+    if config.mapping.baseline == "digital" and layout.scheme != "differential":
+        response = response - config.cell.off_in_levels  # removed digitally after the ADC
+    data = response[..., :layout.data_columns]
+    if layout.unit_column is not None and config.mapping.flip_encoding:
+        unit = response[..., -1:]
+        data = jnp.where(layer.flipped[:, None] > 0, config.cell.max_level * unit - data, data)
+    data = data.reshape(f, m, tiles, layout.weights_per_tile, layout.slices)
+    significance = jnp.asarray([2.0 ** (config.cell.bits_per_cell * s)
+                                for s in range(layout.slices)], data.dtype)
+    weights = jnp.einsum("fmtws,s->fmtw", data, significance)
+    if layout.scheme == "polarized":
+        weights = weights * layer.fragment_sign[:, None]
+    if layout.scheme == "offset":
+        weights = weights - 2.0 ** (config.weights.bits - 1) * response[..., -1:]
+    weights = weights.reshape(f * m, layout.padded_out_features)
+    return weights[:layout.in_features, :layout.out_features] * layer.weight_scale

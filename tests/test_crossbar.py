@@ -249,3 +249,24 @@ def test_dtype_is_float32_by_default():
     layer = rx.program(rx.map_weights(polarized_weights(rng, 16, 4, 8), rx.preset("forms")))
     assert layer.conductance.dtype == jnp.float32
     assert rx.read(layer, rng.random((2, 16))).outputs.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("scheme,flip", SCHEMES)
+@pytest.mark.parametrize("baseline", ["reference_column", "digital"])
+def test_effective_weights_decode_the_programmed_array(scheme, flip, baseline):
+    from reram_emu.crossbar import effective_weights
+    rng = np.random.default_rng(10)
+    config = exact_config(scheme, flip, False, baseline=baseline)
+    mapped = rx.map_weights(rng.normal(size=(70, 13)), config)
+    ideal = np.asarray(mapped.integer_weights * mapped.weight_scale)
+    np.testing.assert_allclose(np.asarray(effective_weights(rx.program(mapped))), ideal,
+                               atol=1e-6 * np.abs(ideal).max())
+    noisy = config.replace(device=rx.DeviceConfig(variation_sigma=0.05))
+    programmed = rx.program(rx.map_weights(rng.normal(size=(70, 13)), noisy), jax.random.key(0))
+    x = rng.integers(0, 256, size=(4, 70))
+    # with variation, an ideal (wide) ADC read equals x @ effective weights up to rounding
+    read = np.asarray(rx.read_integers(programmed, jnp.asarray(x)).outputs) * np.asarray(
+        programmed.weight_scale)
+    expected = x @ np.asarray(effective_weights(programmed), np.float64)
+    assert np.max(np.abs(read - expected)) <= 0.6 * 8 * 255 * np.max(
+        np.asarray(programmed.weight_scale)) * 85 * 9
