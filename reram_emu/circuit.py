@@ -648,6 +648,7 @@ def _flip_for_layout(array, layout, row_axis, column_axis):
     return array
 
 
+@partial(jax.jit, static_argnums=(3,))
 def _batched_currents(conductance, resistances, voltages, steps):
     """vmap the single-crossbar core over the (flattened) batch dimension."""
     batch_shape = conductance.shape[:-2]

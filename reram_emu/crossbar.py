@@ -22,6 +22,7 @@ Everything here is pure JAX: ``program`` and ``read`` jit, vmap over keys, batch
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import CrossbarConfig, NoiseParameters
-from .converters import adc_lsb_levels, convert
+from .converters import adc_lsb_levels, calibrated_lsb, convert
 from .devices import program_conductance
 from .mapping import ColumnLayout, MappedWeights
 from .quantization import (cycle_weights, effective_cycles, input_digits, input_scale,
@@ -38,7 +39,7 @@ from .quantization import (cycle_weights, effective_cycles, input_digits, input_
 
 __all__ = ["ProgrammedLayer", "ReadCounts", "ReadResult", "program", "analog_response",
            "adc_response", "read_noise_response", "read", "read_integers", "adc_inputs",
-           "effective_weights"]
+           "effective_weights", "calibrate_adc"]
 
 _FRAGMENT_GROUP = 4
 
@@ -390,3 +391,15 @@ def effective_weights(layer: ProgrammedLayer) -> jax.Array:
         weights = weights - 2.0 ** (config.weights.bits - 1) * response[..., -1:]
     weights = weights.reshape(f * m, layout.padded_out_features)
     return weights[:layout.in_features, :layout.out_features] * layer.weight_scale
+
+
+def calibrate_adc(layer: ProgrammedLayer, x_int: jax.Array,
+                  percentile: float = 99.99) -> ProgrammedLayer:
+    """Set the ADC LSB from data (``ADCConfig(range="calibrated")``): the full scale covers
+    ``percentile`` % of the noise-free ADC inputs that the integer inputs ``x_int`` (B, K)
+    produce. Returns a new layer; reads then clip what lies above."""
+    if layer.config.adc.range != "calibrated":
+        raise ValueError("calibrate_adc needs ADCConfig(range='calibrated'), got range="
+                         f"{layer.config.adc.range!r}")
+    lsb = calibrated_lsb(adc_inputs(layer, x_int), layer.config, percentile)
+    return dataclasses.replace(layer, adc_lsb=lsb)
