@@ -32,6 +32,7 @@ import numpy as np
 
 from .config import CrossbarConfig, NoiseParameters
 from .converters import adc_lsb_levels, calibrated_lsb, convert
+from . import random_streams
 from .devices import program_conductance
 from .mapping import ColumnLayout, MappedWeights
 from .quantization import (cycle_weights, effective_cycles, input_digits, input_scale,
@@ -254,7 +255,7 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
                 squares = jax.lax.dynamic_slice_in_dim(noise_response, start, group, 0)
                 variance = jax.lax.dot_general(d * d, squares, (((2,), (1,)), ((0,), (0,))))
                 fragment_ids = (start + jnp.arange(group)).astype(jnp.uint32)
-                normal = jax.vmap(lambda k: jax.vmap(lambda f: jax.random.normal(
+                normal = jax.vmap(lambda k: jax.vmap(lambda f: random_streams.normal(
                     jax.random.fold_in(k, f), (cycles, tiles * adc_width), dtype))(fragment_ids))(
                     row_keys)  # (b, group, cycles, tiles * Y)
             group_sign = jax.lax.dynamic_slice_in_dim(sign, start, group, 0)

@@ -166,3 +166,18 @@ def test_variation_degrades_output_gracefully():
     noisy = np.asarray(rx.read(rx.program(mapped, jax.random.key(0)), x).outputs)
     relative = np.linalg.norm(noisy - ideal) / np.linalg.norm(ideal)
     assert 0.01 < relative < 0.3
+
+
+def test_fast_normal_stream_statistics():
+    from reram_emu import random_streams
+    a = np.asarray(random_streams.normal(jax.random.key(0), (400_000,)), np.float64)
+    b = np.asarray(random_streams.normal(jax.random.key(1), (400_000,)), np.float64)
+    again = np.asarray(random_streams.normal(jax.random.key(0), (400_000,)), np.float64)
+    np.testing.assert_array_equal(a, again)
+    n = a.size
+    assert abs(a.mean()) < 5 / np.sqrt(n) and abs(a.std() - 1) < 5 / np.sqrt(2 * n)
+    assert stats.kstest(a, "norm").pvalue > 1e-4
+    assert abs(stats.kurtosis(a)) < 5 * np.sqrt(24 / n)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(n)  # streams of two keys
+    assert abs(np.corrcoef(a[:-1], a[1:])[0, 1]) < 5 / np.sqrt(n)  # neighbours in a stream
+    assert np.max(np.abs(a)) > 4  # reaches the tails
