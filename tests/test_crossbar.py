@@ -273,3 +273,37 @@ def test_effective_weights_decode_the_programmed_array(scheme, flip, baseline):
     per_conversion = 85 + (128 + 3 * 85 if scheme == "offset" else 0)
     bound = 0.5 * 9 * 255 * per_conversion * float(np.max(np.asarray(programmed.weight_scale)))
     assert np.max(np.abs(read - expected)) <= bound
+
+
+def test_calibrated_adc_range_from_data():
+    from reram_emu.crossbar import adc_inputs, calibrate_adc
+    rng = np.random.default_rng(11)
+    base = rx.preset("prime").replace(mapping=MappingConfig(scheme="differential"))
+    x = rng.integers(0, 64, size=(32, 200))
+    w = rng.normal(size=(200, 16))
+    worst = rx.program(rx.map_weights(w, base))
+    calibrated_config = base.replace(adc=ADCConfig(bits=6, range="calibrated"))
+    layer = rx.program(rx.map_weights(w, calibrated_config))
+    with pytest.raises(ValueError, match="range='calibrated'"):
+        calibrate_adc(worst, jnp.asarray(x))
+    calibrated = calibrate_adc(layer, jnp.asarray(x), percentile=100.0)
+    largest = float(jnp.max(jnp.abs(adc_inputs(layer, jnp.asarray(x)))))
+    assert float(calibrated.adc_lsb) == pytest.approx(largest / 31, rel=1e-6)
+    assert float(calibrated.adc_lsb) < float(worst.adc_lsb)
+    exact = x @ np.asarray(rx.map_weights(w, base).integer_weights)
+    error = lambda lyr: np.linalg.norm(np.asarray(  # noqa: E731
+        rx.read_integers(lyr, jnp.asarray(x)).outputs) - exact)
+    assert error(calibrated) < 0.5 * error(worst)
+
+
+def test_programmed_layer_is_a_pytree_and_reads_vmap_over_batches():
+    rng = np.random.default_rng(12)
+    layer = rx.program(rx.map_weights(polarized_weights(rng, 40, 6, 8), rx.preset("forms")))
+    leaves = jax.tree_util.tree_leaves(layer)
+    assert len(leaves) == 6 and all(isinstance(leaf, jax.Array) for leaf in leaves)
+    doubled = jax.tree_util.tree_map(lambda a: a, layer)
+    assert doubled.config == layer.config
+    xs = jnp.asarray(rng.random((3, 5, 40)), jnp.float32)
+    batched = jax.jit(jax.vmap(lambda x: rx.read(layer, x).outputs))(xs)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], rx.read(layer, xs[i]).outputs, rtol=1e-6)
