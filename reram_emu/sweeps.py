@@ -1,0 +1,163 @@
+"""Batch sweeps over noise settings: one compilation for any number of numeric values.
+
+A sweep evaluates a function ``evaluate(noise, key) -> metrics`` over many
+:class:`~reram_emu.config.NoiseParameters` points and many random keys. The numeric
+non-idealities (sigmas, fault rates, ADC noise and offset) are traced arrays, so the whole
+sweep is one ``jit`` of ``vmap``s; points are processed ``chunk_size`` at a time (``lax.map``)
+to bound memory, and split over all local devices with ``jax.sharding`` (a leading device axis
+laid out on a one-dimensional mesh). Structural choices (fragment rows, bits, mapping) change
+array shapes; :func:`group_by_structure` splits a list of configurations into groups that each
+compile once.
+
+Several hosts: start every process with ``jax.distributed.initialize(...)`` (coordinator
+address, process count and id) and call :func:`sweep` with ``devices=jax.devices()``: the mesh
+then spans all hosts' devices and each host computes its shard of the points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .config import CrossbarConfig, NoiseParameters
+
+__all__ = ["noise_grid", "noise_points", "sweep", "structure_of", "group_by_structure"]
+
+NUMERIC_FIELDS = NoiseParameters._fields
+
+
+def _base_values(config: CrossbarConfig) -> dict[str, float]:
+    return {name: float(value) for name, value in zip(NUMERIC_FIELDS,
+                                                       config.noise_parameters())}
+
+
+def _check_field(name: str) -> None:
+    if name not in NUMERIC_FIELDS:
+        raise ValueError(f"unknown noise parameter {name!r}; sweepable: {NUMERIC_FIELDS}")
+
+
+def noise_grid(config: CrossbarConfig, **axes: Sequence[float]) -> NoiseParameters:
+    """The Cartesian product of the given values (other fields from ``config``).
+
+    ``noise_grid(config, variation_sigma=[0, .05, .1], read_noise_sigma=[0, .02])`` gives 6
+    points, the last axis varying fastest; every field is a (points,) array.
+    """
+    for name, values in axes.items():
+        _check_field(name)
+        values = np.asarray(values, np.float64)
+        if values.ndim != 1 or values.size == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D list of values")
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{name} values must be finite")
+        if name != "adc_offset_lsb" and np.any(values < 0):
+            raise ValueError(f"{name} values must be >= 0")
+    names = list(axes)
+    product = list(itertools.product(*(np.asarray(axes[n], np.float64) for n in names)))
+    return noise_points(config, [dict(zip(names, point)) for point in product])
+
+
+def noise_points(config: CrossbarConfig, points: Sequence[dict[str, float]]) -> NoiseParameters:
+    """A list of points, each a dict of the fields that differ from ``config``."""
+    if len(points) == 0:
+        raise ValueError("a sweep needs at least one point")
+    base = _base_values(config)
+    columns = {name: [] for name in NUMERIC_FIELDS}
+    for point in points:
+        for name in point:
+            _check_field(name)
+        for name in NUMERIC_FIELDS:
+            columns[name].append(float(point.get(name, base[name])))
+    dtype = config.float_dtype
+    return NoiseParameters(*(jnp.asarray(columns[name], dtype) for name in NUMERIC_FIELDS))
+
+
+def sweep(evaluate: Callable[[NoiseParameters, jax.Array], Any], noise: NoiseParameters,
+          keys: jax.Array, *, chunk_size: int = 8, devices: Sequence[Any] | None = None):
+    """Evaluate ``evaluate(noise_point, key)`` for every point and every key.
+
+    Args:
+      evaluate: pure function of one :class:`NoiseParameters` point (scalars) and one key,
+        returning a pytree of arrays (e.g. an accuracy or an error).
+      noise: a batch of points, every field shaped (points,).
+      keys: (R,) typed keys, e.g. ``jax.random.split(jax.random.key(0), 20)``.
+      chunk_size: points evaluated together per device (memory bound).
+      devices: the devices to shard the points over (default: all local devices).
+
+    Returns:
+      The metrics pytree with leading axes (points, R). One compilation per call signature:
+      new values of the same number of points reuse it.
+    """
+    points = int(np.shape(noise.variation_sigma)[0])
+    devices = list(jax.local_devices() if devices is None else devices)
+    per_device = -(-points // len(devices))
+    chunk = max(1, min(chunk_size, per_device))
+    chunks = -(-per_device // chunk)
+    padded = len(devices) * chunks * chunk
+
+    def pad(values):
+        values = jnp.asarray(values)
+        filler = jnp.broadcast_to(values[-1:], (padded - points,) + values.shape[1:])
+        return jnp.concatenate([values, filler]).reshape((len(devices), chunks, chunk)
+                                                         + values.shape[1:])
+
+    shaped = jax.tree_util.tree_map(pad, noise)
+    mesh = Mesh(np.asarray(devices), ("points",))
+    sharding = NamedSharding(mesh, PartitionSpec("points"))
+    shaped = jax.device_put(shaped, sharding)
+    replicated = jax.device_put(keys, NamedSharding(mesh, PartitionSpec()))
+    result = _compiled_sweep(evaluate)(shaped, replicated)
+    return jax.tree_util.tree_map(
+        lambda r: r.reshape((padded,) + r.shape[3:])[:points], result)
+
+
+_CACHE: dict[Any, Callable] = {}
+
+
+def _compiled_sweep(evaluate):
+    """One jitted function per ``evaluate`` (kept so repeated sweeps reuse the compilation)."""
+    if evaluate not in _CACHE:
+        over_keys = jax.vmap(evaluate, in_axes=(None, 0))
+        over_points = jax.vmap(over_keys, in_axes=(0, None))
+
+        def per_device(noise_chunks, keys):
+            return jax.lax.map(lambda chunk: over_points(chunk, keys), noise_chunks)
+
+        _CACHE[evaluate] = jax.jit(jax.vmap(per_device, in_axes=(0, None)))
+    return _CACHE[evaluate]
+
+
+def structure_of(config: CrossbarConfig) -> CrossbarConfig:
+    """The configuration with its numeric noise values zeroed: configurations with equal
+    structure share array shapes and a compilation."""
+    device = dataclasses.replace(config.device, variation_sigma=0.0, read_noise_sigma=0.0,
+                                 stuck_on_rate=0.0, stuck_off_rate=0.0)
+    adc = dataclasses.replace(config.adc, noise_lsb=0.0, offset_lsb=0.0)
+    return config.replace(device=device, adc=adc)
+
+
+def group_by_structure(configs: Sequence[CrossbarConfig]
+                       ) -> list[tuple[CrossbarConfig, list[int], NoiseParameters]]:
+    """Split configurations into groups of equal structure.
+
+    Returns ``(structure, indices, noise)`` per group: the shared structure, the positions of
+    the group's configurations in ``configs``, and their noise values as a batch for
+    :func:`sweep`.
+    """
+    groups: dict[CrossbarConfig, list[int]] = {}
+    for index, config in enumerate(configs):
+        if not isinstance(config, CrossbarConfig):
+            raise TypeError(f"configs[{index}] must be a CrossbarConfig, got "
+                            f"{type(config).__name__}")
+        groups.setdefault(structure_of(config), []).append(index)
+    result = []
+    for structure, indices in groups.items():
+        points = [dict(zip(NUMERIC_FIELDS, (float(v) for v in configs[i].noise_parameters())))
+                  for i in indices]
+        result.append((structure, indices, noise_points(structure, points)))
+    return result
