@@ -1,29 +1,73 @@
-"""``python -m reram_emu.experiments [--out DIR] [--seed N]``: run the embedded default study."""
+"""``python -m reram_emu.experiments [list | run NAME [--quick] [--out DIR] [--resume]
+[--seed N]]``. With no arguments: the embedded default study."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
-from . import demo
+from .runner import UserError, run_experiment
+
+EXPERIMENTS = {
+    "layer_noise": "reram_emu.experiments.layer_noise",
+}
+DEFAULT = "layer_noise"
+
+
+def load(name: str):
+    if name not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))} "
+                        f"(see `python -m reram_emu.experiments list`)")
+    return importlib.import_module(EXPERIMENTS[name])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reram_emu.experiments",
+        description="Run reram_emu experiments. With no arguments, runs the default study "
+                    f"({DEFAULT}, quick setting) into reports/{DEFAULT}/.")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("list", help="name every experiment with one line each")
+    run = commands.add_parser("run", help="run one experiment")
+    run.add_argument("name", help="experiment name (see `list`)")
+    run.add_argument("--quick", action="store_true", help="small setting, minutes on 2 cores")
+    run.add_argument("--out", type=Path, default=None,
+                     help="report folder (default: reports/NAME)")
+    run.add_argument("--resume", action="store_true",
+                     help="keep finished points in the report folder and run only the rest")
+    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reram_emu.experiments",
-                                     description=demo.__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("reports/demo"),
-                        help="report folder (default: reports/demo)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        print(f"error: cannot write to {args.out}: {error}", file=sys.stderr)
+        if args.command == "list":
+            for name in sorted(EXPERIMENTS):
+                print(f"{name:20s} {load(name).DESCRIPTION}")
+            return 0
+        if args.command is None:
+            name, quick, out, resume, seed, progress = DEFAULT, True, None, True, 0, True
+        else:
+            name, quick, out, resume = args.name, args.quick, args.out, args.resume
+            seed, progress = args.seed, not args.no_progress
+        if seed < 0:
+            raise UserError(f"--seed must be >= 0, got {seed}")
+        module = load(name)
+        out = Path("reports") / name if out is None else out
+        run_experiment(module, out, quick=quick, resume=resume, seed=seed, progress=progress)
+        print(f"report: {out / 'summary.md'} (results.csv, results.json, plots)")
+        return 0
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    demo.run(args.out, args.seed)
-    print(f"report written to {args.out}/summary.md and {args.out}/results.json")
-    return 0
+    except KeyboardInterrupt:
+        print("interrupted: finished points are saved; rerun with --resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
