@@ -66,6 +66,8 @@ class ADMMConfig:
       updates_per_epoch: Z/U updates per epoch (evenly spaced in steps).
       sign_every: re-estimate fragment signs every this many epochs (k); 0: never after init.
       finetune_epochs: masked fine-tuning epochs after the hard projection.
+      admm_schedule: learning-rate schedule of the ADMM phase (``"constant"`` keeps Adam able
+        to follow the growing penalty; ``"cosine"``); fine-tuning uses the training config's.
       finetune_learning_rate: None: the training configuration's.
       weight_bits: final quantization of the weights (None: keep float).
     """
@@ -79,6 +81,7 @@ class ADMMConfig:
     updates_per_epoch: int = 2
     sign_every: int = 1
     finetune_epochs: int = 2
+    admm_schedule: str = "constant"
     finetune_learning_rate: float | None = None
     weight_bits: int | None = 8
 
