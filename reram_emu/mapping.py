@@ -76,7 +76,10 @@ def column_layout(config: CrossbarConfig, in_features: int, out_features: int) -
     """The physical arrangement of a (in_features, out_features) layer under ``config``."""
     geometry, scheme = config.geometry, config.mapping.scheme
     m = geometry.fragment_rows
-    slices, per_tile = config.weight_slices, config.weights_per_tile
+    slices = config.weight_slices
+    # a layer narrower than one tile uses only its own columns (the rest of the tile holds no
+    # weights and is neither computed nor converted)
+    per_tile = min(config.weights_per_tile, out_features)
     data = per_tile * slices
     columns = data * (2 if scheme == "differential" else 1)
     reference = None
