@@ -426,68 +426,143 @@ def kirchhoff_residual(conductance_siemens, voltages, cell_currents, r_wire_row,
 # ---------------------------------------------------------------------------
 
 
-def _inverse_identity_plus(matrix):
-    """``(I + matrix)^{-1}`` for symmetric positive semidefinite ``matrix``, via Cholesky."""
-    identity = jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
-    lower = jnp.linalg.cholesky(identity + matrix)
-    lower_inverse = lax.linalg.triangular_solve(lower, identity, left_side=True, lower=True)
-    return lower_inverse.T @ lower_inverse
+# Blocks of at most this many bit lines are eliminated by a Cholesky factorization; larger
+# ones by recursive halving, which turns the work into matrix products.  (Small LAPACK
+# calls also stay single-threaded, which avoids oversubscribing the CPU from XLA threads.)
+_CHOLESKY_BLOCK = 16
+
+
+def _through_segment_direct(admittance, segment_resistance):
+    """``K = P - r P (I + r P)^{-1} P`` by a Cholesky factorization of ``I + r P``."""
+    identity = jnp.eye(admittance.shape[-1], dtype=admittance.dtype)
+    lower = jnp.linalg.cholesky(identity + segment_resistance * admittance)
+    solved = lax.linalg.triangular_solve(lower, admittance, left_side=True, lower=True)
+    return admittance - segment_resistance * (solved.T @ solved)
+
+
+def _through_segment(admittance, segment_resistance):
+    """Norton admittance (M x M, siemens) seen through a series resistance on every bit line.
+
+    Returns ``K = (I + r P)^{-1} P`` for a symmetric positive semidefinite
+    admittance ``P`` and a resistance ``r`` >= 0 (ohms), exactly ``P`` when
+    ``r = 0``.  Recursive 2 x 2 block form, with ``P = [[A, C], [C^T, D]]``:
+    ``K_A = K(A)``; ``(I + r A)^{-1} C = C - r K_A C``;
+    Schur complement ``S = D - r C^T (I + r A)^{-1} C``; ``K_S = K(S)``;
+    off-diagonal block ``(I + r A)^{-1} C (I - r K_S)``; leading block
+    ``K_A - r X C^T (I - r K_A)`` with ``X`` the off-diagonal block.  Every
+    correction is multiplied by ``r``, so nothing is divided by a resistance
+    and the rounding of the corrections does not swamp ``P``.
+    """
+    size = admittance.shape[-1]
+    r = segment_resistance
+    if size <= _CHOLESKY_BLOCK:
+        through = _through_segment_direct(admittance, r)
+    else:
+        half = size // 2
+        leading, coupling = admittance[:half, :half], admittance[:half, half:]
+        trailing = admittance[half:, half:]
+        leading_through = _through_segment(leading, r)
+        coupling_through = coupling - r * (leading_through @ coupling)
+        schur = trailing - r * (coupling.T @ coupling_through)
+        trailing_through = _through_segment(0.5 * (schur + schur.T), r)
+        off_diagonal = coupling_through - r * (coupling_through @ trailing_through)
+        product = off_diagonal @ coupling.T
+        leading_block = leading_through - r * (product - r * (product @ leading_through))
+        through = jnp.block([[leading_block, off_diagonal], [off_diagonal.T, trailing_through]])
+    return 0.5 * (through + through.T)
 
 
 def _level_inputs(conductance, resistances, ladder):
+    """Per-level scan inputs: cells, ladder quantities and the segment below each level."""
     n_rows = conductance.shape[0]
     return (conductance, ladder.transmission, ladder.self_response, ladder.cell_self_admittance,
             _bit_line_segment_resistance(resistances, n_rows, conductance.dtype))
 
 
+def _level_update(norton_admittance, inputs):
+    """Add word line i to the Norton admittance above it, then pass the bit-line segment below.
+
+    Returns ``K_i`` (M x M, siemens).  The Norton current follows as
+    ``q_i = (I + r P_i)^{-1} p_i = p_i - r K_i p_i``.
+    """
+    cells, transmission, self_response, self_admittance, segment = inputs
+    combined = norton_admittance + _word_line_admittance(cells, transmission, self_response,
+                                                         self_admittance)
+    return _through_segment(combined, segment)
+
+
+def _sweep(carry, inputs):
+    """Bit-line sweep over a range of levels with the Norton current of several reads.
+
+    carry: (K, q) with q of shape (M, B) (amperes per volt of drive).
+    inputs: level inputs plus (unit_source_current (M,), drive (B,)) per level.
+    """
+
+    def level(state, level_inputs):
+        norton_admittance, norton_current = state
+        unit_current, drive = level_inputs[-2:]
+        next_admittance = _level_update(norton_admittance, level_inputs[:-2])
+        current = norton_current + unit_current[:, None] * drive[None, :]
+        segment = level_inputs[4]
+        return (next_admittance, current - segment * (next_admittance @ current)), None
+
+    return lax.scan(level, carry, inputs)[0]
+
+
 def _forward_currents(conductance, resistances, voltages):
-    """Bit-line currents (B, M) for word-line voltages ``voltages`` (N, B): fast path."""
-    n_rows, n_cols = conductance.shape
+    """Bit-line currents (B, M) for word-line voltages (N, B), without refinement."""
+    n_cols = conductance.shape[1]
     dtype = conductance.dtype
     ladder = _word_line_ladder(conductance, resistances[0], resistances[2])
-
-    def level(carry, inputs):
-        norton_admittance, norton_current = carry
-        cells, transmission, self_response, self_admittance, segment, unit_current, drive = inputs
-        combined = norton_admittance + _word_line_admittance(cells, transmission, self_response,
-                                                             self_admittance)
-        current = norton_current + unit_current[:, None] * drive[None, :]
-        inverse = _inverse_identity_plus(segment * combined)
-        next_admittance = inverse @ combined
-        next_admittance = 0.5 * (next_admittance + next_admittance.T)
-        return (next_admittance, inverse @ current), None
-
     init = (jnp.zeros((n_cols, n_cols), dtype), jnp.zeros((n_cols, voltages.shape[1]), dtype))
     inputs = _level_inputs(conductance, resistances, ladder) + (ladder.unit_source_current,
                                                                 voltages)
-    (_, currents), _ = lax.scan(level, init, inputs)
+    _, currents = _sweep(init, inputs)
     return currents.T
+
+
+def _forward_transfer(conductance, resistances, stages=4):
+    """Transfer matrix (N, M) without refinement.
+
+    Word line k only injects current from level k down, so the sweep runs in
+    ``stages`` groups of levels and carries only the columns of ``q`` that
+    can be nonzero yet (saves about 40 % of the Norton-current work).
+    """
+    n_rows, n_cols = conductance.shape
+    dtype = conductance.dtype
+    ladder = _word_line_ladder(conductance, resistances[0], resistances[2])
+    level_inputs = _level_inputs(conductance, resistances, ladder) + (ladder.unit_source_current,)
+    stages = max(1, min(stages, n_rows // 32))
+    bounds = [round(n_rows * stage / stages) for stage in range(stages + 1)]
+    carry = (jnp.zeros((n_cols, n_cols), dtype), jnp.zeros((n_cols, 0), dtype))
+    for first, last in zip(bounds[:-1], bounds[1:]):
+        admittance, current = carry
+        current = jnp.pad(current, ((0, 0), (0, last - current.shape[1])))
+        drive = jnp.eye(n_rows, last, dtype=dtype)[first:last]
+        inputs = tuple(array[first:last] for array in level_inputs) + (drive,)
+        carry = _sweep((admittance, current), inputs)
+    return carry[1].T
 
 
 class _Factors(NamedTuple):
     """Stored bit-line elimination of one crossbar (for full-state solves)."""
 
     ladder: _WordLineLadder
-    admittance_above: jax.Array  # (N, M, M): K_{i-1}, Norton admittance above level i (siemens)
-    segment_inverse: jax.Array   # (N, M, M): (I + r_i P_i)^{-1} (dimensionless)
+    admittance_below: jax.Array  # (N, M, M): K_i (siemens), levels <= i seen through the
+    #                              bit-line segment below level i
 
 
 def _factorize(conductance, resistances) -> _Factors:
-    n_rows, n_cols = conductance.shape
+    n_cols = conductance.shape[1]
     ladder = _word_line_ladder(conductance, resistances[0], resistances[2])
 
     def level(norton_admittance, inputs):
-        cells, transmission, self_response, self_admittance, segment = inputs
-        combined = norton_admittance + _word_line_admittance(cells, transmission, self_response,
-                                                             self_admittance)
-        inverse = _inverse_identity_plus(segment * combined)
-        next_admittance = inverse @ combined
-        next_admittance = 0.5 * (next_admittance + next_admittance.T)
-        return next_admittance, (norton_admittance, inverse)
+        next_admittance = _level_update(norton_admittance, inputs)
+        return next_admittance, next_admittance
 
-    _, (above, inverse) = lax.scan(level, jnp.zeros((n_cols, n_cols), conductance.dtype),
-                                   _level_inputs(conductance, resistances, ladder))
-    return _Factors(ladder, above, inverse)
+    _, admittance = lax.scan(level, jnp.zeros((n_cols, n_cols), conductance.dtype),
+                             _level_inputs(conductance, resistances, ladder))
+    return _Factors(ladder, admittance)
 
 
 def _solve_state(factors: _Factors, conductance, resistances, source_voltage, injection):
@@ -498,36 +573,41 @@ def _solve_state(factors: _Factors, conductance, resistances, source_voltage, in
         injection: (N, M, B) current sources (amperes) in parallel with the cells.
     """
     n_rows = conductance.shape[0]
+    dtype = conductance.dtype
     cells = conductance[:, :, None]
-    bit_segment = _bit_line_segment_resistance(resistances, n_rows, conductance.dtype)
+    bit_segment = _bit_line_segment_resistance(resistances, n_rows, dtype)
     # Cell currents with every bit-line node at 0 V.
     word_voltage = _word_line_voltages(factors.ladder, source_voltage, injection)
     short_circuit = injection + cells * word_voltage
 
     def down(current_above, inputs):
-        inverse, level_current = inputs
-        return inverse @ (current_above + level_current), current_above
+        admittance, level_current, segment = inputs
+        combined = current_above + level_current
+        return combined - segment * (admittance @ combined), current_above
 
     sense_current, current_above = lax.scan(
-        down, jnp.zeros_like(short_circuit[0]), (factors.segment_inverse, short_circuit))
+        down, jnp.zeros_like(short_circuit[0]),
+        (factors.admittance_below, short_circuit, bit_segment))
+    admittance_above = jnp.concatenate(
+        [jnp.zeros_like(factors.admittance_below[:1]), factors.admittance_below[:-1]])
 
     def up(bit_voltage, inputs):
-        admittance_above, current_in, segment_below = inputs
-        # bit_voltage: level i; return voltage of level i-1 (top level: unused).
-        segment_current = current_in - admittance_above @ bit_voltage
-        return bit_voltage + segment_below * segment_current, bit_voltage
+        admittance, current_in, segment_above = inputs
+        # bit_voltage: level i; carry out the voltage of level i-1 (top level: unused).
+        segment_current = current_in - admittance @ bit_voltage
+        return bit_voltage + segment_above * segment_current, bit_voltage
 
     bottom_voltage = resistances[3] * sense_current
-    shifted_segment = jnp.concatenate([jnp.zeros((1,), conductance.dtype), bit_segment[:-1]])
+    segment_above = jnp.concatenate([jnp.zeros((1,), dtype), bit_segment[:-1]])
     _, bit_voltage = lax.scan(up, bottom_voltage,
-                              (factors.admittance_above, current_above, shifted_segment),
-                              reverse=True)
+                              (admittance_above, current_above, segment_above), reverse=True)
     word_voltage = _word_line_voltages(factors.ladder, source_voltage,
                                        injection - cells * bit_voltage)
     return injection + cells * (word_voltage - bit_voltage)
 
 
 def _refined_state(factors, conductance, resistances, source_voltage, injection, steps):
+    """Full state with ``steps`` rounds of iterative refinement (residual in the working dtype)."""
     cell_current = _solve_state(factors, conductance, resistances, source_voltage, injection)
     for _ in range(steps):
         residual = _residual(conductance, resistances, source_voltage, injection, cell_current)
@@ -536,23 +616,22 @@ def _refined_state(factors, conductance, resistances, source_voltage, injection,
     return cell_current
 
 
-def _chunked(function, n_rows, n_cols, *arrays):
-    """Apply ``function`` to chunks of right-hand sides (last axis of each array) in sequence.
+def _map_over_reads(function, n_rows, n_cols, *arrays):
+    """Apply ``function`` to chunks of reads (last axis of every array), one chunk at a time.
 
-    Returns a tuple with the per-chunk outputs concatenated along their last axis
-    (outputs whose leading chunk axis must be summed are handled by the caller).
+    Bounds the memory of full-state solves to about ``_STATE_ELEMENTS_PER_CHUNK``
+    cell currents.  Returns the stacked per-chunk outputs, the chunk size and
+    the number of reads.
     """
-    n_rhs = arrays[0].shape[-1]
-    chunk = max(1, min(n_rhs, _STATE_ELEMENTS_PER_CHUNK // (n_rows * n_cols)))
-    n_chunks = -(-n_rhs // chunk)
-    padded = n_chunks * chunk
+    n_reads = arrays[0].shape[-1]
+    chunk = max(1, min(n_reads, _STATE_ELEMENTS_PER_CHUNK // (n_rows * n_cols)))
+    n_chunks = -(-n_reads // chunk)
     stacked = []
     for array in arrays:
-        pad = [(0, 0)] * (array.ndim - 1) + [(0, padded - n_rhs)]
-        array = jnp.pad(array, pad)
-        array = array.reshape(array.shape[:-1] + (n_chunks, chunk))
+        pad = [(0, 0)] * (array.ndim - 1) + [(0, n_chunks * chunk - n_reads)]
+        array = jnp.pad(array, pad).reshape(array.shape[:-1] + (n_chunks, chunk))
         stacked.append(jnp.moveaxis(array, -2, 0))
-    return lax.map(lambda chunk_arrays: function(*chunk_arrays), tuple(stacked)), n_rhs
+    return lax.map(lambda chunk_arrays: function(*chunk_arrays), tuple(stacked)), n_reads
 
 
 def _refined_currents(conductance, resistances, voltages, steps):
@@ -563,10 +642,10 @@ def _refined_currents(conductance, resistances, voltages, steps):
     def per_chunk(chunk_voltages):
         injection = jnp.zeros((n_rows, n_cols, chunk_voltages.shape[-1]), conductance.dtype)
         state = _refined_state(factors, conductance, resistances, chunk_voltages, injection, steps)
-        return jnp.sum(state, axis=0).T  # (chunk, M)
+        return jnp.sum(state, axis=0).T  # (chunk, M): a bit line collects all its cell currents
 
-    per_chunk_currents, n_rhs = _chunked(per_chunk, n_rows, n_cols, voltages)
-    return per_chunk_currents.reshape(-1, n_cols)[:n_rhs]
+    per_chunk_currents, n_reads = _map_over_reads(per_chunk, n_rows, n_cols, voltages)
+    return per_chunk_currents.reshape(-1, n_cols)[:n_reads]
 
 
 # ---------------------------------------------------------------------------
@@ -574,34 +653,30 @@ def _refined_currents(conductance, resistances, voltages, steps):
 # ---------------------------------------------------------------------------
 
 
-def _crossbar_currents_impl(conductance, resistances, voltages, steps):
-    if steps == 0:
-        return _forward_currents(conductance, resistances, voltages.T)
-    return _refined_currents(conductance, resistances, voltages.T, steps)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _crossbar_currents(conductance, resistances, voltages, steps):
-    """Bit-line currents (B, M) of one crossbar (N, M) for word-line voltages (B, N)."""
-    return _crossbar_currents_impl(conductance, resistances, voltages, steps)
-
-
-def _crossbar_currents_forward(conductance, resistances, voltages, steps):
-    currents = _crossbar_currents_impl(conductance, resistances, voltages, steps)
-    return currents, (conductance, resistances, voltages)
-
-
-def _operator_voltages(conductance, resistances, source_voltage, cell_current):
-    """``G (v_word - v_bit)`` as a function of the parameters (for the VJP)."""
+def _operator_currents(conductance, resistances, source_voltage, cell_current):
+    """``G (v_word - v_bit)`` implied by the cell currents, as a function of the parameters."""
     word_voltage, bit_voltage = _cell_voltages(conductance, resistances, source_voltage,
                                                cell_current)
     return conductance[:, :, None] * (word_voltage - bit_voltage)
 
 
-def _crossbar_currents_backward(steps, residuals, cotangent):
-    """Adjoint solve: ``A x = b`` with ``A = I + G R``; ``A^T = I + R G``, so
-    ``lambda = g - R A^{-1} (G g)`` with ``R`` the wire-resistance operator."""
-    conductance, resistances, voltages = residuals
+def _implicit_gradients(conductance, resistances, voltages, cotangent, steps):
+    """VJP of the bit-line currents by the adjoint method.
+
+    The cell currents solve ``F(x) = x - G (v_word(x) - v_bit(x)) = 0``, i.e.
+    ``A x = G V`` with ``A = I + G R`` (``R`` the symmetric wire-resistance
+    operator); the bit-line currents are column sums of ``x``.  With the
+    state cotangent ``g`` (the bit-line cotangent broadcast over word lines)
+    the adjoint ``lambda = A^{-T} g = g - R A^{-1} (G g)`` needs one more solve
+    with the same factors, and the parameter gradients are the VJP of
+    ``G (v_word - v_bit)`` at fixed ``x`` applied to ``lambda``.
+
+    Args:
+        voltages: (N, B) word-line voltages; cotangent: (M, B).
+
+    Returns:
+        gradients w.r.t. conductance (N, M), resistances (4,) and voltages (N, B).
+    """
     n_rows, n_cols = conductance.shape
     refinement = max(steps, _default_refinement_steps(conductance.dtype))
     factors = _factorize(conductance, resistances)
@@ -609,29 +684,66 @@ def _crossbar_currents_backward(steps, residuals, cotangent):
 
     def per_chunk(chunk_voltages, chunk_cotangent):
         n_chunk = chunk_voltages.shape[-1]
-        zero_injection = jnp.zeros((n_rows, n_cols, n_chunk), conductance.dtype)
-        state = _refined_state(factors, conductance, resistances, chunk_voltages, zero_injection,
-                               refinement)
-        # dL/dx[i, j, b] = cotangent[b, j]: bit-line current is the column sum of cell currents.
+        no_sources = jnp.zeros_like(chunk_voltages)
+        state = _refined_state(factors, conductance, resistances, chunk_voltages,
+                               jnp.zeros((n_rows, n_cols, n_chunk), conductance.dtype), refinement)
         state_cotangent = jnp.broadcast_to(chunk_cotangent[None], (n_rows, n_cols, n_chunk))
-        adjoint_source = _refined_state(factors, conductance, resistances,
-                                        jnp.zeros_like(chunk_voltages), cells * state_cotangent,
-                                        refinement)
-        word_voltage, bit_voltage = _cell_voltages(conductance, resistances,
-                                                   jnp.zeros_like(chunk_voltages), adjoint_source)
-        # R u = (source - v_word) + v_bit for zero sources.
-        adjoint = state_cotangent + word_voltage - bit_voltage
-        _, vjp = jax.vjp(lambda g, r, v: _operator_voltages(g, r, v, state), conductance,
+        response = _refined_state(factors, conductance, resistances, no_sources,
+                                  cells * state_cotangent, refinement)
+        word_voltage, bit_voltage = _cell_voltages(conductance, resistances, no_sources, response)
+        adjoint = state_cotangent + word_voltage - bit_voltage  # g - R u, R u = -v_word + v_bit
+        _, vjp = jax.vjp(lambda g, r, v: _operator_currents(g, r, v, state), conductance,
                          resistances, chunk_voltages)
         return vjp(adjoint)
 
-    (grad_conductance, grad_resistances, grad_voltages), n_rhs = _chunked(
-        per_chunk, n_rows, n_cols, voltages.T, cotangent.T)
-    grad_voltages = jnp.moveaxis(grad_voltages, 0, -2).reshape(n_rows, -1)[:, :n_rhs].T
+    (grad_conductance, grad_resistances, grad_voltages), n_reads = _map_over_reads(
+        per_chunk, n_rows, n_cols, voltages, cotangent)
+    grad_voltages = jnp.moveaxis(grad_voltages, 0, -2).reshape(n_rows, -1)[:, :n_reads]
     return jnp.sum(grad_conductance, 0), jnp.sum(grad_resistances, 0), grad_voltages
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _crossbar_currents(conductance, resistances, voltages, steps):
+    """Bit-line currents (M, B) of one crossbar (N, M) for word-line voltages (N, B)."""
+    if steps == 0:
+        return _forward_currents(conductance, resistances, voltages).T
+    return _refined_currents(conductance, resistances, voltages, steps).T
+
+
+def _crossbar_currents_forward(conductance, resistances, voltages, steps):
+    return (_crossbar_currents(conductance, resistances, voltages, steps),
+            (conductance, resistances, voltages))
+
+
+def _crossbar_currents_backward(steps, residuals, cotangent):
+    return _implicit_gradients(*residuals, cotangent, steps)
+
+
 _crossbar_currents.defvjp(_crossbar_currents_forward, _crossbar_currents_backward)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _crossbar_transfer(conductance, resistances, steps):
+    """Transfer matrix (N, M) of one crossbar."""
+    if steps == 0:
+        return _forward_transfer(conductance, resistances)
+    identity = jnp.eye(conductance.shape[0], dtype=conductance.dtype)
+    return _refined_currents(conductance, resistances, identity, steps)
+
+
+def _crossbar_transfer_forward(conductance, resistances, steps):
+    return _crossbar_transfer(conductance, resistances, steps), (conductance, resistances)
+
+
+def _crossbar_transfer_backward(steps, residuals, cotangent):
+    conductance, resistances = residuals
+    identity = jnp.eye(conductance.shape[0], dtype=conductance.dtype)
+    grad_conductance, grad_resistances, _ = _implicit_gradients(
+        conductance, resistances, identity, cotangent.T, steps)
+    return grad_conductance, grad_resistances
+
+
+_crossbar_transfer.defvjp(_crossbar_transfer_forward, _crossbar_transfer_backward)
 
 
 # ---------------------------------------------------------------------------
@@ -648,17 +760,26 @@ def _flip_for_layout(array, layout, row_axis, column_axis):
     return array
 
 
+@partial(jax.jit, static_argnums=(2,))
+def _batched_transfer(conductance, resistances, steps):
+    """vmap the single-crossbar transfer over the flattened batch dimension."""
+    batch_shape = conductance.shape[:-2]
+    flat = conductance.reshape((-1,) + conductance.shape[-2:])
+    core = jax.vmap(lambda g, r: _crossbar_transfer(g, r, steps))
+    transfer = core(flat, resistances.reshape(-1, 4))
+    return transfer.reshape(batch_shape + transfer.shape[-2:])
+
+
 @partial(jax.jit, static_argnums=(3,))
 def _batched_currents(conductance, resistances, voltages, steps):
-    """vmap the single-crossbar core over the (flattened) batch dimension."""
+    """vmap the single-crossbar direct solve over the flattened batch dimension."""
     batch_shape = conductance.shape[:-2]
-    size = int(np.prod(batch_shape, dtype=np.int64))
-    flat_conductance = conductance.reshape((size,) + conductance.shape[-2:])
-    flat_resistances = resistances.reshape((size, 4))
-    flat_voltages = voltages.reshape((size,) + voltages.shape[-2:])
+    flat_conductance = conductance.reshape((-1,) + conductance.shape[-2:])
+    flat_voltages = jnp.swapaxes(voltages.reshape((-1,) + voltages.shape[-2:]), -1, -2)
     core = jax.vmap(lambda g, r, v: _crossbar_currents(g, r, v, steps))
-    currents = core(flat_conductance, flat_resistances, flat_voltages)
-    return currents.reshape(batch_shape + currents.shape[-2:])
+    currents = core(flat_conductance, resistances.reshape(-1, 4), flat_voltages)
+    return jnp.swapaxes(currents, -1, -2).reshape(batch_shape + (voltages.shape[-2],
+                                                                 conductance.shape[-1]))
 
 
 def _resolve_steps(refinement_steps, dtype) -> int:
@@ -669,6 +790,10 @@ def _resolve_steps(refinement_steps, dtype) -> int:
         raise ValueError(f"refinement_steps must be a non-negative int or None, got "
                          f"{refinement_steps!r}")
     return int(refinement_steps)
+
+
+def _stack_resistances(resistances, batch_shape):
+    return jnp.stack([jnp.broadcast_to(r, batch_shape) for r in resistances], axis=-1)
 
 
 def transfer_matrix(conductance_siemens, r_wire_row, r_wire_col, r_driver=0.0, r_sense=0.0, *,
@@ -683,15 +808,15 @@ def transfer_matrix(conductance_siemens, r_wire_row, r_wire_col, r_driver=0.0, r
         r_driver: word-line driver resistance (ohms).
         r_sense: bit-line sense (virtual-ground) resistance (ohms).
             Each resistance is a scalar or an array broadcastable to the batch
-            shape; zero is allowed and exact.
+            shape (it may be traced: jit, vmap, grad); zero is allowed and exact.
         layout: one of ``LAYOUTS`` (static).
-        refinement_steps: iterative-refinement steps (static); ``None`` gives
-            1 below float64 and 0 in float64.
+        refinement_steps: iterative-refinement steps (static int); ``None``
+            gives 1 below float64 and 0 in float64.
 
     Returns:
-        ``T`` of shape ``(..., N, M)`` and the conductance's floating dtype:
+        ``T`` of shape ``batch + (N, M)`` in the conductance's floating dtype:
         ``T[k, j]`` is the current (A) into the virtual ground of bit line
-        ``j`` per volt on word line ``k`` with all other word lines at 0 V.
+        ``j`` per volt on word line ``k``, all other word lines at 0 V.
 
     Raises:
         ValueError: bad shapes, NaN/inf, negative conductance or resistance,
@@ -699,17 +824,13 @@ def transfer_matrix(conductance_siemens, r_wire_row, r_wire_col, r_driver=0.0, r
     """
     _check_layout(layout)
     conductance = _prepare_conductance(conductance_siemens)
-    n_rows = conductance.shape[-2]
     resistances = _prepare_resistances(conductance.shape[:-2], conductance.dtype, r_wire_row,
                                        r_wire_col, r_driver, r_sense)
-    batch_shape = np.broadcast_shapes(conductance.shape[:-2], *[r.shape for r in resistances])
     steps = _resolve_steps(refinement_steps, conductance.dtype)
-    resistances = jnp.stack([jnp.broadcast_to(r, batch_shape) for r in resistances], axis=-1)
+    batch_shape = np.broadcast_shapes(conductance.shape[:-2], *[r.shape for r in resistances])
     conductance = jnp.broadcast_to(conductance, batch_shape + conductance.shape[-2:])
-    conductance = _flip_for_layout(conductance, layout, -2, -1)
-    identity = jnp.broadcast_to(jnp.eye(n_rows, dtype=conductance.dtype),
-                                batch_shape + (n_rows, n_rows))
-    transfer = _batched_currents(conductance, resistances, identity, steps)
+    transfer = _batched_transfer(_flip_for_layout(conductance, layout, -2, -1),
+                                 _stack_resistances(resistances, batch_shape), steps)
     return _flip_for_layout(transfer, layout, -2, -1)
 
 
@@ -726,9 +847,10 @@ def column_currents(conductance_siemens, voltages, r_wire_row, r_wire_col, r_dri
             as in :func:`transfer_matrix`.
 
     Returns:
-        ``(..., B, M)`` currents (or ``(M,)`` / ``(..., M)`` for 1-D voltages),
-        equal to ``voltages @ transfer_matrix(...)``.  When ``B > N`` the
-        transfer matrix is formed first and multiplied, which is cheaper.
+        ``(..., B, M)`` currents (``(M,)`` for 1-D voltages), equal to
+        ``voltages @ transfer_matrix(...)``.  The circuit is solved directly
+        for the B reads when ``B <= N``; otherwise ``T`` is formed and
+        multiplied, which is cheaper.
     """
     _check_layout(layout)
     conductance = _prepare_conductance(conductance_siemens)
@@ -747,22 +869,23 @@ def column_currents(conductance_siemens, voltages, r_wire_row, r_wire_col, r_dri
     voltages = jnp.asarray(voltages, conductance.dtype)
     if single:
         voltages = voltages[None, :]
-    batch_shape = np.broadcast_shapes(conductance.shape[:-2], voltages.shape[:-2])
+    try:
+        batch_shape = np.broadcast_shapes(conductance.shape[:-2], voltages.shape[:-2])
+    except ValueError:
+        raise ValueError(f"batch shapes of conductance {conductance.shape} and voltages "
+                         f"{voltages.shape} do not broadcast") from None
     resistances = _prepare_resistances(batch_shape, conductance.dtype, r_wire_row, r_wire_col,
                                        r_driver, r_sense)
-    batch_shape = np.broadcast_shapes(batch_shape, *[r.shape for r in resistances])
     steps = _resolve_steps(refinement_steps, conductance.dtype)
-    n_reads = voltages.shape[-2]
-    if n_reads > n_rows:
-        transfer = transfer_matrix(conductance, *resistances, layout=layout,
-                                   refinement_steps=steps)
-        currents = voltages @ transfer
+    if voltages.shape[-2] > n_rows:
+        currents = voltages @ transfer_matrix(conductance, *resistances, layout=layout,
+                                              refinement_steps=steps)
     else:
-        resistances = jnp.stack([jnp.broadcast_to(r, batch_shape) for r in resistances], axis=-1)
-        conductance = _flip_for_layout(jnp.broadcast_to(conductance, batch_shape
-                                                        + conductance.shape[-2:]), layout, -2, -1)
-        voltages = _flip_for_layout(jnp.broadcast_to(voltages, batch_shape + voltages.shape[-2:]),
-                                    layout, -1, None)
-        currents = _batched_currents(conductance, resistances, voltages, steps)
+        batch_shape = np.broadcast_shapes(batch_shape, *[r.shape for r in resistances])
+        conductance = jnp.broadcast_to(conductance, batch_shape + conductance.shape[-2:])
+        voltages = jnp.broadcast_to(voltages, batch_shape + voltages.shape[-2:])
+        currents = _batched_currents(_flip_for_layout(conductance, layout, -2, -1),
+                                     _stack_resistances(resistances, batch_shape),
+                                     _flip_for_layout(voltages, layout, -1, None), steps)
         currents = _flip_for_layout(currents, layout, None, -1)
     return currents[..., 0, :] if single else currents

@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .circuit import WireConfig
+
 __all__ = [
     "CrossbarGeometry",
     "CellConfig",
@@ -34,6 +36,7 @@ __all__ = [
     "DeviceConfig",
     "CrossbarConfig",
     "NoiseParameters",
+    "WireConfig",
     "preset",
     "PRESETS",
 ]
@@ -339,6 +342,8 @@ class NoiseParameters(NamedTuple):
 
     Passing one of these to ``program``/``read`` overrides the values in the configuration and
     compiles every noise path in, so ``jax.vmap`` over any field runs without recompiling.
+    ``wire_resistance_ohms`` sets both the word-line and bit-line wire resistance per segment
+    (ohms) when the configuration has wires (``CrossbarConfig.wires``); it is ignored otherwise.
     """
 
     variation_sigma: Any
@@ -347,6 +352,7 @@ class NoiseParameters(NamedTuple):
     stuck_off_rate: Any
     adc_noise_lsb: Any
     adc_offset_lsb: Any
+    wire_resistance_ohms: Any = None
 
 
 @dataclass(frozen=True)
@@ -358,7 +364,8 @@ class CrossbarConfig:
         its rows are zero; skipped cycles are not converted (no ADC noise) and are counted.
       chunk_size: batch rows processed together in the read kernel (memory / speed trade-off;
         results do not depend on it).
-      dtype: ``"float32"`` (default) or ``"float64"`` (needs ``jax_enable_x64``; integer-exact
+      wires: wire parasitics (IR drop, :mod:`reram_emu.circuit`); None: ideal wires.
+      dtype: ``"float32"`` (default) or ``"float64" (needs ``jax_enable_x64``; integer-exact
         up to 2**53 instead of 2**24, e.g. for ISAAC's 16-bit weights and inputs).
     """
 
@@ -372,6 +379,7 @@ class CrossbarConfig:
     zero_skip: bool = True
     chunk_size: int = 64
     dtype: str = "float32"
+    wires: WireConfig | None = None
 
     def __post_init__(self):
         for name, cls in [("geometry", CrossbarGeometry), ("cell", CellConfig),
@@ -384,6 +392,8 @@ class CrossbarConfig:
             raise TypeError(f"zero_skip must be a bool, got {self.zero_skip!r}")
         _check_int("chunk_size", self.chunk_size)
         _check_choice("dtype", self.dtype, ("float32", "float64"))
+        if self.wires is not None and not isinstance(self.wires, WireConfig):
+            raise TypeError(f"wires must be a WireConfig or None, got {type(self.wires).__name__}")
         if self.weight_slices * self.columns_per_slice > self.geometry.columns:
             raise ValueError(
                 f"one weight needs {self.weight_slices} slice columns but the crossbar has "
@@ -425,8 +435,9 @@ class CrossbarConfig:
         """The configured numeric non-idealities as scalars of the pipeline's dtype."""
         d, a = self.device, self.adc
         f = lambda v: jnp.asarray(v, self.float_dtype)  # noqa: E731
+        wire = self.wires.r_wire_row_ohms if self.wires is not None else 0.0
         return NoiseParameters(f(d.variation_sigma), f(d.read_noise_sigma), f(d.stuck_on_rate),
-                               f(d.stuck_off_rate), f(a.noise_lsb), f(a.offset_lsb))
+                               f(d.stuck_off_rate), f(a.noise_lsb), f(a.offset_lsb), f(wire))
 
 
 def _forms(fragment_rows: int = 8) -> CrossbarConfig:

@@ -33,6 +33,7 @@ import numpy as np
 from .config import CrossbarConfig, NoiseParameters
 from .converters import adc_lsb_levels, calibrated_lsb, convert
 from . import random_streams
+from .circuit import transfer_matrix
 from .devices import program_conductance
 from .mapping import ColumnLayout, MappedWeights
 from .quantization import (cycle_weights, effective_cycles, input_digits, input_scale,
@@ -102,14 +103,52 @@ class ReadResult(NamedTuple):
     counts: ReadCounts
 
 
-def analog_response(conductance: jax.Array, config: CrossbarConfig) -> jax.Array:
-    """The array's analog response to driven rows, level units, shape as ``conductance``.
+def analog_response(conductance: jax.Array, config: CrossbarConfig, layout: ColumnLayout,
+                    noise: NoiseParameters | None = None) -> jax.Array:
+    """The array's analog response to driven rows, level units relative to G_off, shaped as
+    ``conductance`` (F, m, column_tiles, X).
 
-    Without wire resistance a driven row contributes ``digit * G`` to each column: the response
-    is the conductance itself. This is the single place where a circuit model (IR drop) plugs in.
+    Ideal wires: a driven row contributes ``digit * G`` to each column, so the response is the
+    conductance itself. With ``config.wires`` every physical crossbar (its full ``rows x
+    columns`` cells, unused ones at G_off, plus the reference and unit columns) is solved as a
+    circuit (:func:`reram_emu.circuit.transfer_matrix`): row ``i`` of its transfer matrix T is
+    the column currents per volt on word line ``i`` with every other word line at 0 V, which is
+    exactly how one fragment is driven (FORMS) and, by superposition, all rows (ISAAC, PRIME).
+    The response is ``T / step - G_off / step``. The differential scheme's positive and negative
+    crossbars are solved as two arrays.
     """
-    del config
-    return conductance
+    wires = config.wires
+    if wires is None:
+        return conductance
+    cell, geometry = config.cell, config.geometry
+    step, beta = cell.level_step_siemens, cell.off_in_levels
+    f, m, tiles, width = conductance.shape
+    per_tile = geometry.fragments_per_tile
+    row_tiles = -(-f // per_tile)
+    # physical tiles (row_tiles, column tiles, rows, X) in siemens; absent rows hold G_off cells
+    siemens = cell.g_off_siemens + _pad_axis(conductance, 0, row_tiles * per_tile) * step
+    siemens = siemens.reshape(row_tiles, geometry.rows, tiles, width).transpose(0, 2, 1, 3)
+    data = layout.data_columns
+    crossbars = ([(0, data), (data, 2 * data)] if layout.scheme == "differential"
+                 else [(0, width)])
+    if noise is not None and noise.wire_resistance_ohms is not None:
+        r_row = r_col = noise.wire_resistance_ohms
+    else:
+        r_row, r_col = wires.r_wire_row_ohms, wires.r_wire_col_ohms
+    responses = []
+    for start, stop in crossbars:
+        block = siemens[..., start:stop]
+        used = min(data, stop - start)  # data columns of this crossbar; extras follow them
+        unused = geometry.columns - used
+        g_off = jnp.full(block.shape[:-1] + (unused,), cell.g_off_siemens, block.dtype)
+        physical = jnp.concatenate([block[..., :used], g_off, block[..., used:]], axis=-1)
+        transfer = transfer_matrix(physical, r_row, r_col, wires.r_driver_ohms,
+                                   wires.r_sense_ohms, layout=wires.layout)
+        responses.append(jnp.concatenate([transfer[..., :used],
+                                          transfer[..., used + unused:]], axis=-1))
+    response = jnp.concatenate(responses, axis=-1) / step - beta
+    response = response.transpose(0, 2, 1, 3).reshape(row_tiles * per_tile, m, tiles, width)
+    return response[:f]
 
 
 def program(mapped: MappedWeights, key: jax.Array | None = None,
@@ -120,7 +159,8 @@ def program(mapped: MappedWeights, key: jax.Array | None = None,
     """
     config = mapped.config
     conductance = program_conductance(mapped.levels, config.cell, config.device, key, noise)
-    response = adc_response(analog_response(conductance, config), mapped.layout, config)
+    response = adc_response(analog_response(conductance, config, mapped.layout, noise),
+                            mapped.layout, config)
     return ProgrammedLayer(
         conductance=conductance, response=response,
         fragment_sign=mapped.fragment_sign, flipped=mapped.flipped,
