@@ -312,39 +312,43 @@ def _word_line_admittance(cells, transmission, self_response, cell_self_admittan
     return jnp.where(diagonal, cell_self_admittance[None, :], admittance)
 
 
-def _linear_recurrence(coefficient, offset, axis, reverse=False):
-    """Solve ``x_k = coefficient_k * x_{k-1} + offset_k`` (or x_{k+1} if reverse) along ``axis``."""
-
-    def combine(earlier, later):
-        a_earlier, b_earlier = earlier
-        a_later, b_later = later
-        return a_earlier * a_later, a_later * b_earlier + b_later
-
-    return lax.associative_scan(combine, (coefficient, offset), reverse=reverse, axis=axis)[1]
-
-
 def _word_line_voltages(ladder: _WordLineLadder, source_voltage, injection):
     """Word-line node voltages (volts) for given sources and cell-branch injections.
 
+    Two sequential passes along every word line (vectorized over word lines
+    and reads): right to left the Norton current ``J_j = b_j + t_{j+1} J_{j+1}``
+    of the line beyond node j, then left to right
+    ``v_j = t_j (v_{j-1} - rho_j J_j)`` from ``v_{-1}`` = source voltage.
+
     Args:
         ladder: the word-line ladder of the crossbar.
-        source_voltage: (N, B) driver source voltages (volts) per right-hand side.
-        injection: (N, M, B) current (amperes) leaving each word-line node through
-            its cell branch in addition to ``G * v_node``.
+        source_voltage: (N, B) driver source voltages (volts) per read.
+        injection: (N, M, B) current (amperes) leaving each word-line node
+            through its cell branch in addition to ``G * v_node``.
 
     Returns:
         (N, M, B) node voltages.
     """
-    transmission = ladder.transmission[:, :, None]
-    # Right to left: Norton current looking right from node j, including node j.
-    next_transmission = jnp.concatenate(
-        [transmission[:, 1:], jnp.zeros_like(transmission[:, :1])], axis=1)
-    norton = _linear_recurrence(jnp.broadcast_to(next_transmission, injection.shape), injection,
-                                axis=1, reverse=True)
-    # Left to right: v_j = t_j v_{j-1} - t_j rho_j J_j, with v_{-1} = source voltage.
-    offset = -transmission * ladder.segment_resistance[None, :, None] * norton
-    offset = offset.at[:, 0].add(transmission[:, 0] * source_voltage)
-    return _linear_recurrence(jnp.broadcast_to(transmission, injection.shape), offset, axis=1)
+    by_column = jnp.moveaxis(injection, 1, 0)                  # (M, N, B)
+    transmission = ladder.transmission.T[:, :, None]           # (M, N, 1)
+    next_transmission = jnp.concatenate([transmission[1:], jnp.zeros_like(transmission[:1])])
+
+    def right_to_left(beyond, inputs):
+        local, trans_next = inputs
+        norton = local + trans_next * beyond
+        return norton, norton
+
+    _, norton = lax.scan(right_to_left, jnp.zeros_like(by_column[0]),
+                         (by_column, next_transmission), reverse=True)
+
+    def left_to_right(previous, inputs):
+        trans, rho, current = inputs
+        voltage = trans * (previous - rho * current)
+        return voltage, voltage
+
+    _, voltage = lax.scan(left_to_right, source_voltage,
+                          (transmission, ladder.segment_resistance, norton))
+    return jnp.moveaxis(voltage, 0, 1)
 
 
 # ---------------------------------------------------------------------------
@@ -352,8 +356,27 @@ def _word_line_voltages(ladder: _WordLineLadder, source_voltage, injection):
 # ---------------------------------------------------------------------------
 
 
-def _cumulative_sum(x, axis, reverse=False):
-    return lax.associative_scan(jnp.add, x, axis=axis, reverse=reverse)
+def _wire_drops(currents, segment_resistance, from_far_end):
+    """Voltage drops along wires (scan over the leading axis).
+
+    ``currents[k]`` (amperes) enters the wire at node k and leaves at the
+    near end; with ``from_far_end`` the wire current of segment k is the sum of
+    the node currents from k to the far end (word lines: far end = last
+    column), otherwise from the first node to k (bit lines).  Returns the drop
+    (volts) between node k and the near end (source or virtual ground) for a
+    word line, or the node voltage above ground for a bit line.
+    """
+
+    def accumulate(total, local):
+        total = total + local
+        return total, total
+
+    _, wire_current = lax.scan(accumulate, jnp.zeros_like(currents[0]), currents,
+                               reverse=from_far_end)
+    segment = segment_resistance.reshape((-1,) + (1,) * (currents.ndim - 1))
+    _, drop = lax.scan(accumulate, jnp.zeros_like(currents[0]), segment * wire_current,
+                       reverse=not from_far_end)
+    return drop
 
 
 def _bit_line_segment_resistance(resistances, n_rows, dtype):
@@ -377,11 +400,9 @@ def _cell_voltages(conductance, resistances, source_voltage, cell_current):
     dtype = conductance.dtype
     word_segment = jnp.full((n_cols,), resistances[0], dtype).at[0].set(resistances[2])
     bit_segment = _bit_line_segment_resistance(resistances, n_rows, dtype)
-    word_line_current = _cumulative_sum(cell_current, axis=1, reverse=True)
-    word_drop = _cumulative_sum(word_segment[None, :, None] * word_line_current, axis=1)
-    bit_line_current = _cumulative_sum(cell_current, axis=0)
-    bit_voltage = _cumulative_sum(bit_segment[:, None, None] * bit_line_current, axis=0,
-                                  reverse=True)
+    word_drop = jnp.moveaxis(_wire_drops(jnp.moveaxis(cell_current, 1, 0), word_segment,
+                                         from_far_end=True), 0, 1)
+    bit_voltage = _wire_drops(cell_current, bit_segment, from_far_end=False)
     return source_voltage[:, None, :] - word_drop, bit_voltage
 
 
