@@ -47,7 +47,8 @@ from .polarization import (PolarizationReport, fragment_signs, is_polarized,
 from .quantization import quantize_weights
 
 __all__ = ["ADMMConfig", "ADMMState", "init_admm", "rho_at", "admm_penalty", "update_signs",
-           "admm_update", "primal_residuals", "hard_projection", "masked_updates",
+           "admm_update", "decoupled_penalty_step", "primal_residuals", "hard_projection",
+           "masked_updates",
            "clamp_to_signs", "quantize_weights_dict", "check_polarized", "polarization_reports",
            "signs_of"]
 
@@ -70,6 +71,13 @@ class ADMMConfig:
         to follow the growing penalty; ``"cosine"``); fine-tuning uses the training config's.
       finetune_learning_rate: None: the training configuration's.
       weight_bits: final quantization of the weights (None: keep float).
+      decoupled: apply the penalty's gradient outside Adam (:func:`decoupled_penalty_step`,
+        a plain gradient step of size ``penalty_lr``, as AdamW decouples weight decay) instead
+        of adding the penalty to the loss that Adam normalizes. Adam's per-weight scaling
+        makes a coupled quadratic penalty pull every weight at the same speed whatever rho is,
+        and lets the growing penalty drown the loss's gradient in Adam's second moment.
+      penalty_lr: step size of the decoupled penalty step: each step moves W towards
+        ``Z - U`` by the fraction ``penalty_lr * rho`` (capped at 1).
     """
 
     fragment_rows: int = 8
@@ -84,6 +92,8 @@ class ADMMConfig:
     admm_schedule: str = "constant"
     finetune_learning_rate: float | None = None
     weight_bits: int | None = 8
+    decoupled: bool = True
+    penalty_lr: float = 1.0
 
     def __post_init__(self):
         if self.rule not in ("sum", "euclidean"):
@@ -137,6 +147,12 @@ def admm_penalty(weights: dict, state: ADMMState) -> jax.Array:
         d = w - jax.lax.stop_gradient(state.z[name] - state.u[name])
         total = total + jnp.sum(d * d)
     return 0.5 * jax.lax.stop_gradient(state.rho) * total
+
+
+def decoupled_penalty_step(weights: dict, state: ADMMState, penalty_lr: float) -> dict:
+    """One gradient step on the penalty alone: ``W -= min(penalty_lr * rho, 1) (W - Z + U)``."""
+    pull = jnp.minimum(penalty_lr * state.rho, 1.0)
+    return {name: w - pull * (w - state.z[name] + state.u[name]) for name, w in weights.items()}
 
 
 def update_signs(weights: dict, state: ADMMState, config: ADMMConfig) -> ADMMState:

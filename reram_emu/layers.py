@@ -35,7 +35,7 @@ A model's ``apply`` calls ``runner(index, name, x, w)`` for every crossbar produ
   read back with :func:`reram_emu.crossbar.effective_weights` and used through a
   straight-through estimator so the gradient reaches ``w``; read noise and ADC noise are added
   at the output with the variance the bit-serial read would give them (see
-  :func:`output_noise_std`). ADC *rounding* is not modelled here (see its docstring);
+  :func:`output_noise_moments`, which says what it leaves out);
 * :class:`EmulatedRunner`: the full bit-serial emulated read (:func:`reram_emu.read`), not
   differentiable, used for evaluation;
 * :class:`RecordingRunner`: records the inputs' statistics for input-scale calibration.
@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import CrossbarConfig, NoiseParameters
+from .converters import adc_lsb_levels
 from .crossbar import effective_weights, program, read, read_noise_response
 from .mapping import encode_weights
 from .quantization import effective_cycles, input_digits, quantize_inputs
@@ -59,7 +60,8 @@ from .quantization import effective_cycles, input_digits, quantize_inputs
 __all__ = [
     "ROW_ORDERS", "DenseSpec", "ConvSpec", "init_layer", "im2col", "conv_output_shape",
     "conv_weight_to_hwio", "max_pool", "IdealRunner", "NoisyRunner", "EmulatedRunner",
-    "RecordingRunner", "scales_from_records", "layer_config", "noisy_weights", "output_noise_std", "ste",
+    "RecordingRunner", "scales_from_records", "layer_config", "noisy_weights",
+    "output_noise_moments", "adc_rounding_moments", "ste",
 ]
 
 ROW_ORDERS = ("channel", "width")
@@ -246,14 +248,15 @@ def noisy_weights(w: jax.Array, config: CrossbarConfig, key: jax.Array,
                   noise: NoiseParameters | None = None):
     """Program ``w`` (K, N) with ``key`` and read its realized float weights back.
 
-    Returns ``(w_forward, programmed)``: ``w_forward`` has the value of
+    Returns ``(w_forward, programmed, mapped)``: ``w_forward`` has the value of
     ``effective_weights(program(encode_weights(w)))`` (8-bit quantization, the fragment-sign
     projection of the polarized scheme, variation, faults, finite levels, the analog response)
-    and the gradient of ``w`` (straight-through), ``programmed`` is the ProgrammedLayer.
+    and the gradient of ``w`` (straight-through); ``programmed`` is the ProgrammedLayer and
+    ``mapped`` the MappedWeights (target levels).
     """
     mapped = encode_weights(jax.lax.stop_gradient(w), config)
     programmed = program(mapped, key, noise)
-    return ste(w, effective_weights(programmed).astype(w.dtype)), programmed
+    return ste(w, effective_weights(programmed).astype(w.dtype)), programmed, mapped
 
 
 def _slice_significance(config: CrossbarConfig, power: int) -> jax.Array:
@@ -261,62 +264,113 @@ def _slice_significance(config: CrossbarConfig, power: int) -> jax.Array:
     return jnp.asarray([2.0 ** (power * bits * s) for s in range(config.weight_slices)])
 
 
-def output_noise_std(programmed, x: jax.Array, scale: jax.Array, read_sigma, adc_noise_lsb,
-                     adc_rounding: bool = False) -> jax.Array:
-    """Standard deviation (output units) of the noise the bit-serial read adds to ``x @ w``.
+def adc_rounding_moments(sigma_lsb):
+    """Error moments of an ADC converting an integer-valued input with Gaussian noise of
+    ``sigma_lsb`` LSB and rounding: ``(var_interior, mean_at_zero, var_at_zero)``.
 
-    ``x`` (R, K) float inputs quantized with ``scale``; returns (R, N).
+    Interior (``0 < v < top``): the error ``round(sigma n)`` has variance
+    ``sum_k k**2 P(k)``, ``P(k) = Phi((k + 1/2) / sigma) - Phi((k - 1/2) / sigma)``, less than
+    ``sigma**2`` (rounding swallows noise below half an LSB). At ``v = 0`` an unsigned ADC clips
+    negative codes, so the error is ``max(round(sigma n), 0)``: a positive bias
+    ``sum_{k>=1} k P(k)`` and the matching variance.
+    """
+    sigma = jnp.maximum(jnp.asarray(sigma_lsb, jnp.float32), 1e-6)
+    k = jnp.arange(1, 13, dtype=jnp.float32)
+    p = (jax.scipy.stats.norm.cdf((k + 0.5) / sigma)
+         - jax.scipy.stats.norm.cdf((k - 0.5) / sigma))
+    second = jnp.sum(k * k * p)
+    mean0 = jnp.sum(k * p)
+    return 2.0 * second, mean0, second - mean0 ** 2
+
+
+def _fragment_cycle_sums(x_int: jax.Array, config: CrossbarConfig, fragments: int):
+    """Per row and fragment, ``sum_{k < c_f} (2**(dac k))**p`` for p = 1 and 2, where ``c_f``
+    is the number of input cycles fragment f runs (zero-skipping) : two (R, F) arrays."""
+    inputs = config.inputs
+    m = config.geometry.fragment_rows
+    rows = x_int.shape[0]
+    padded = jnp.pad(x_int, ((0, 0), (0, fragments * m - x_int.shape[1])))
+    if config.zero_skip:
+        widest = jnp.max(padded.reshape(rows, fragments, m), axis=-1)
+        _, exponent = jnp.frexp(widest.astype(jnp.float32))  # bit length of positive ints
+        bits = jnp.where(widest > 0, exponent, 0)
+        cycles = -(-bits // inputs.dac_bits)
+    else:
+        cycles = jnp.full((rows, fragments), inputs.cycles, jnp.int32)
+    base = 2.0 ** inputs.dac_bits
+    cycles = cycles.astype(jnp.float32)
+    return (base ** cycles - 1) / (base - 1), (base ** (2 * cycles) - 1) / (base ** 2 - 1)
+
+
+def _squared_digit_sum(x_int: jax.Array, config: CrossbarConfig) -> jax.Array:
+    """``h(x) = sum_k (2**(dac k))**2 digit_k(x)**2`` elementwise (R, K), float32."""
+    inputs = config.inputs
+    unsigned = jnp.bitwise_and(x_int, 2 ** inputs.bits - 1)
+    h = jnp.zeros(x_int.shape, jnp.float32)
+    for c in range(inputs.cycles):
+        digit = jnp.bitwise_and(jnp.right_shift(unsigned, inputs.dac_bits * c),
+                                inputs.max_digit).astype(jnp.float32)
+        h = h + digit * digit * 2.0 ** (2 * inputs.dac_bits * c)
+    return h
+
+
+def output_noise_moments(programmed, mapped, x: jax.Array, scale: jax.Array, read_sigma,
+                         adc_noise_lsb) -> tuple[jax.Array, jax.Array]:
+    """Mean and standard deviation (output units) of what the bit-serial read adds to
+    ``x @ w_realized`` through read noise and ADC noise: two (R, N) arrays for ``x`` (R, K)
+    quantized with ``scale``. ``read_sigma`` / ``adc_noise_lsb``: None to leave one out.
 
     Read noise: each driven cell's conductance is read as ``G (1 + sigma n)`` anew per read, so
-    an output's variance (integer units) is
-    ``sigma**2 * sum_i h(x_i) * sum_s (2**(b s))**2 * V_{i,s}`` with
-    ``h(x) = sum_cycles (2**(dac k))**2 digit_k(x)**2`` (bit-serial: each cycle has its own noise)
-    and ``V`` the squared total conductance behind the ADC input (data cell plus reference cell,
-    :func:`reram_emu.crossbar.read_noise_response`).
+    an output's variance (integer units) is ``sigma**2 sum_i h(x_i) sum_s (2**(b s))**2 V_{i,s}``
+    with ``h(x) = sum_cycles (2**(dac k))**2 digit_k(x)**2`` (every cycle has its own noise)
+    and ``V`` the squared total conductance behind the ADC input (data and reference cell,
+    :func:`reram_emu.crossbar.read_noise_response`). Exact in distribution up to the ADC.
 
-    ADC noise: each conversion run adds ``adc_noise_lsb * lsb`` (level units); with
-    zero-skipping a fragment of widest input width ``c`` runs ``c`` cycles, so the variance is
-    ``(adc_noise_lsb * lsb)**2 * sum_s (2**(b s))**2 * sum_f sum_{k<c_f} (2**(dac k))**2``.
-    ``adc_rounding=True`` adds ``lsb**2 / 12`` per conversion (rounding as independent uniform
-    noise; a rough model that overstates it for the many conversions whose input is exactly
-    representable, e.g. all-zero high slices, so it is off by default).
+    ADC noise: each conversion a fragment runs (``c_f`` cycles with zero-skipping) adds Gaussian
+    noise of ``adc_noise_lsb`` LSB *before rounding*, so what reaches the output is the rounding
+    error's moments (:func:`adc_rounding_moments`), weighted by ``lsb * 2**(b s) * 2**(dac k)``.
+    A fragment whose slice column holds only level-0 cells converts exactly 0 on every cycle,
+    where an unsigned ADC clips the negative codes (a positive bias, applied with the
+    fragment's sign); the other conversions are taken as interior (their input-dependent zeros
+    are not resolved: an overestimate of their noise), with the rounding moments when the LSB
+    is one level (integer sums) and plain ``adc_noise_lsb**2`` otherwise. Deterministic ADC rounding of
+    non-integer sums (device variation) and clipping above the full scale are not modelled.
     """
     config, layout = programmed.config, programmed.layout
-    inputs = config.inputs
     dtype = x.dtype
     k, n = layout.in_features, layout.out_features
-    x_int = quantize_inputs(jax.lax.stop_gradient(x), scale, inputs)
+    f, m = layout.fragments, layout.fragment_rows
+    x_int = quantize_inputs(jax.lax.stop_gradient(x), scale, config.inputs)
     variance = jnp.zeros((x.shape[0], n), dtype)
-    cycle_sig = jnp.asarray([2.0 ** (2 * inputs.dac_bits * c) for c in range(inputs.cycles)],
-                            dtype)
+    mean = jnp.zeros((x.shape[0], n), dtype)
     if read_sigma is not None:
-        digits = input_digits(x_int, inputs, dtype)  # (R, cycles, K)
-        h = jnp.einsum("rck,c->rk", digits ** 2, cycle_sig)
-        v = read_noise_response(programmed.conductance, layout, config)  # (F, m, T, W*S)
-        f, m, t, _ = v.shape
-        v = v.reshape(f, m, t, layout.weights_per_tile, layout.slices)
+        h = _squared_digit_sum(x_int, config)
+        v = read_noise_response(programmed.conductance, layout, config)
+        v = v[..., :layout.data_columns]  # (F, m, T, W*S); ISAAC's unit column not modelled
+        v = v.reshape(f, m, layout.column_tiles, layout.weights_per_tile, layout.slices)
         v = jnp.einsum("fmtws,s->fmtw", v, _slice_significance(config, 2).astype(dtype))
         v = v.reshape(f * m, -1)[:k, :n]
         variance = variance + read_sigma ** 2 * (h @ v)
-    per_conversion = jnp.zeros((), dtype)
     if adc_noise_lsb is not None:
-        per_conversion = per_conversion + adc_noise_lsb ** 2
-    if adc_rounding:
-        per_conversion = per_conversion + 1.0 / 12.0
-    if adc_noise_lsb is not None or adc_rounding:
-        m = layout.fragment_rows
-        padded = jnp.pad(x_int, ((0, 0), (0, layout.fragments * m - k)))
-        if config.zero_skip:
-            c = effective_cycles(padded, inputs, m)  # (R, F)
-        else:
-            c = jnp.full((x.shape[0], layout.fragments), inputs.cycles, jnp.int32)
-        run = (jnp.arange(inputs.cycles)[None, None, :] < c[..., None]).astype(dtype)
-        cycles_term = jnp.einsum("rfc,c->r", run, cycle_sig)
-        slices_term = jnp.sum(_slice_significance(config, 2)).astype(dtype)
-        lsb2 = programmed.adc_lsb.astype(dtype) ** 2
-        variance = variance + (per_conversion * lsb2 * slices_term * cycles_term)[:, None]
-    std_int = jnp.sqrt(variance)
-    return std_int * scale * programmed.weight_scale
+        var1, mean0, var0 = adc_rounding_moments(adc_noise_lsb)
+        if adc_lsb_levels(config) != 1.0:
+            var1 = jnp.asarray(adc_noise_lsb, dtype) ** 2  # inputs not on the code grid
+        levels = mapped.levels[..., :layout.data_columns]
+        empty = jnp.all(levels == 0, axis=1).reshape(f, -1, layout.slices)[:, :n]  # (F, N, S)
+        if not (config.adc.clip and layout.scheme in ("polarized", "offset")):
+            empty = jnp.zeros_like(empty)  # signed or unclipped codes: no gate at zero
+        empty = empty.astype(dtype)
+        sig1, sig2 = (_slice_significance(config, 1).astype(dtype),
+                      _slice_significance(config, 2).astype(dtype))
+        per_var = jnp.einsum("fns,s->fn", empty * var0 + (1 - empty) * var1, sig2)
+        sign = mapped.fragment_sign.reshape(f, -1)[:, :n]
+        per_mean = sign * jnp.einsum("fns,s->fn", empty, sig1) * mean0
+        sum1, sum2 = _fragment_cycle_sums(x_int, config, f)
+        lsb = programmed.adc_lsb.astype(dtype)
+        variance = variance + lsb ** 2 * (sum2 @ per_var)
+        mean = mean + lsb * (sum1 @ per_mean)
+    units = scale * programmed.weight_scale
+    return mean * units, jnp.sqrt(variance) * units
 
 
 class NoisyRunner:
@@ -326,8 +380,14 @@ class NoisyRunner:
     per step gives fresh device variation per step), the product uses the realized weights
     with the gradient of ``w``, and, when ``read_noise``/``adc_noise`` are on and the
     configuration (or ``noise``) has them, Gaussian output noise of the bit-serial read's
-    variance is added (:func:`output_noise_std`). The input scale for that noise model is the
+    variance is added (:func:`output_noise_moments`). The input scale for that noise model is the
     calibrated one from ``scales`` or the batch's max / top code.
+
+    ``exact_read=True``: the forward value is the full emulated read
+    (:func:`reram_emu.read`: bit-serial inputs, per-fragment ADC quantization and clipping,
+    read and ADC noise, zero-skipping) and the gradient is that of ``x @ w_realized``: the ADC
+    quantization with a straight-through gradient, exactly, at the emulator's cost (practical
+    for small models or short fine-tuning; the output-noise model is then not used).
 
     Args:
       config: one CrossbarConfig for every layer or a mapping name -> config.
@@ -337,16 +397,22 @@ class NoisyRunner:
 
     def __init__(self, config, key: jax.Array, noise: NoiseParameters | None = None,
                  scales: Mapping[str, jax.Array] | None = None, read_noise: bool = True,
-                 adc_noise: bool = True, adc_rounding: bool = False):
+                 adc_noise: bool = True, exact_read: bool = False):
         self.config, self.key, self.noise, self.scales = config, key, noise, scales
-        self.read_noise, self.adc_noise, self.adc_rounding = read_noise, adc_noise, adc_rounding
+        self.read_noise, self.adc_noise = read_noise, adc_noise
+        self.exact_read = exact_read
 
     def __call__(self, index, name, x, w):
         config = _configs_for(self.config, name)
         key = jax.random.fold_in(self.key, index)
         program_key, output_key = jax.random.split(key)
-        w_forward, programmed = noisy_weights(w, config, program_key, self.noise)
+        w_forward, programmed, mapped = noisy_weights(w, config, program_key, self.noise)
         y = x @ w_forward
+        if self.exact_read:
+            scale = None if self.scales is None else self.scales.get(name)
+            y_read, _ = read(programmed, jax.lax.stop_gradient(x), key=output_key,
+                             noise=self.noise, scale=scale)
+            return ste(y, y_read.astype(y.dtype))
         if self.noise is not None:
             read_sigma, adc_lsb = self.noise.read_noise_sigma, self.noise.adc_noise_lsb
         else:
@@ -354,15 +420,16 @@ class NoisyRunner:
             adc_lsb = config.adc.noise_lsb or None
         read_sigma = read_sigma if self.read_noise else None
         adc_lsb = adc_lsb if self.adc_noise else None
-        if read_sigma is None and adc_lsb is None and not self.adc_rounding:
+        if read_sigma is None and adc_lsb is None:
             return y
         if self.scales is not None and name in self.scales:
             scale = self.scales[name]
         else:
             top = 2 ** config.inputs.bits - 1
             scale = jnp.maximum(jnp.max(jax.lax.stop_gradient(x)), 1e-12) / top
-        std = output_noise_std(programmed, x, scale, read_sigma, adc_lsb, self.adc_rounding)
-        return y + jax.lax.stop_gradient(std * jax.random.normal(output_key, y.shape, y.dtype))
+        mean, std = output_noise_moments(programmed, mapped, x, scale, read_sigma, adc_lsb)
+        draw = mean + std * jax.random.normal(output_key, y.shape, y.dtype)
+        return y + jax.lax.stop_gradient(draw)
 
 
 class EmulatedRunner:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from .layers import ConvSpec, DenseSpec, IdealRunner, conv_output_shape, im2col, init_layer, max_pool
+from .layers import (ConvSpec, DenseSpec, IdealRunner, conv_output_shape, im2col, init_layer,
+                     max_pool)
 
 __all__ = ["Model", "mlp", "lenet5", "count_parameters"]
 
