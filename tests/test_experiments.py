@@ -57,7 +57,8 @@ def test_resume_refuses_other_settings(tmp_path):
 
 def test_list_and_user_errors(capsys, tmp_path):
     assert main(["list"]) == 0
-    assert "layer_noise" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "layer_noise" in listed and "cost" in listed
     assert main(["run", "nonexistent"]) == 2
     assert "unknown experiment 'nonexistent'" in capsys.readouterr().err
     assert main(["run", "layer_noise", "--seed", "-1"]) == 2

@@ -12,6 +12,7 @@ from .runner import UserError, run_experiment
 
 EXPERIMENTS = {
     "layer_noise": "reram_emu.experiments.layer_noise",
+    "cost": "reram_emu.experiments.cost",
 }
 DEFAULT = "layer_noise"
 

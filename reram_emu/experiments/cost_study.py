@@ -1,8 +1,9 @@
 """Hardware cost of a trained model on FORMS (fragment 4, 8, 16), ISAAC and PRIME.
 
-``python experiments/cost/run_cost.py [--out DIR] [--quick] [--seed N]`` (default DIR: this
-folder) writes ``results.md``, ``results.json`` and ``cost_comparison.png``. The entry point for
-the experiments CLI is :func:`run`.
+``python -m reram_emu.experiments run cost [--quick]`` runs it through the experiments
+command; ``python -m reram_emu.experiments.cost_study [--out DIR] [--quick] [--seed N]``
+(default DIR: ``experiments/cost``) writes ``results.md``, ``results.json`` and
+``cost_comparison.png`` directly.
 
 What it does:
 
@@ -41,7 +42,7 @@ from reram_emu.layers import ConvSpec, DenseSpec
 from reram_emu.models import Model
 from reram_emu.polarization import fragment_signs, fragment_view, project_polarized
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[2] / "experiments" / "cost"
 PAPER_RATIOS = {"gops_per_s_mm2": 0.54, "gops_per_w": 0.61}
 
 
@@ -278,7 +279,7 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> dict:
         k: v for k, v in zero_skip.items() if "per-vector" not in k})
 
     report = {
-        "command": "python experiments/cost/run_cost.py" + (" --quick" if quick else ""),
+        "command": "python -m reram_emu.experiments run cost" + (" --quick" if quick else ""),
         "seed": seed, "quick": quick,
         "model": "digits CNN: conv3x3x16-pool-conv3x3x32-pool-fc128x64-fc64x10, "
                  f"{sum(int(np.prod(l.weights.shape)) for l in base_loads)} crossbar weights",
