@@ -716,8 +716,8 @@ def _implicit_gradients(conductance, resistances, voltages, cotangent, steps):
         word_voltage, bit_voltage = _cell_voltages(conductance, resistances, sources, solution)
         drop = word_voltage - bit_voltage
         state, cell_drop = solution[..., :n_chunk], drop[..., :n_chunk]
-        # R u = (0 - v_word) + v_bit for the adjoint reads (no sources)
-        adjoint = state_cotangent - drop[..., n_chunk:]
+        # for the adjoint reads (no sources) the drop v_word - v_bit is -R u
+        adjoint = state_cotangent + drop[..., n_chunk:]
         weighted = cells * adjoint
         word_current, bit_current = _wire_currents(state)
         word_adjoint, bit_adjoint = _wire_currents(weighted)
