@@ -5,9 +5,8 @@ For each size N (an N x N crossbar, conductances uniform in [1e-6, 1e-4] S,
 the same transfer matrix T (I = V @ T) is computed by
 
 * ``jax f64``: :func:`reram_emu.circuit.transfer_matrix` in float64, jitted, after warm-up;
-* ``jax f32+ref``: the same in float32 with one step of iterative refinement
-  (the float32 default);
-* ``jax f32``: float32 without refinement (``--plain-float32`` to include it);
+* ``jax f32``: the same in float32 (the default: no refinement);
+* ``jax f32+ref``: float32 with one step of iterative refinement;
 * ``scipy splu``: nodal equations (2NM - N - M unknowns, the driven and
   virtual-ground nodes eliminated) assembled with scipy.sparse, one sparse LU
   factorization (``splu``, MMD_AT_PLUS_A ordering) and N right-hand sides
@@ -15,9 +14,11 @@ the same transfer matrix T (I = V @ T) is computed by
   ``--scipy-chunk`` sets the width).  Assembly is included in its time.
 
 The methods run interleaved, repetition by repetition, in the same process, so
-background load affects them alike.  Printed: median, min and max wall time
-(seconds) and the speed-up (scipy median / jax median), plus the relative error
-(max |T - T_scipy| / max |T_scipy|).
+background load affects them alike.  Each method is repeated up to
+``--repeats`` times while its accumulated time stays under ``--budget-s``
+(at least twice unless one run exceeds the budget).  Printed: median, min and
+max wall time (seconds), the speed-up (scipy median / method median) and the
+relative error max |T - T_scipy| / max |T_scipy|.
 
 Usage:  python benchmarks/bench_circuit.py [--sizes 64,128,256,512] [--repeats 5]
 """
@@ -84,57 +85,58 @@ def timed(function):
     return time.perf_counter() - start, result
 
 
+def keep_going(samples, repeats, budget_s):
+    """Repeat while under the budget; at least twice unless one run exceeds it."""
+    if not samples:
+        return True
+    if len(samples) >= repeats:
+        return False
+    if len(samples) < 2:
+        return samples[-1] < budget_s
+    return sum(samples) < budget_s
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="64,128,256,512",
                         help="comma-separated crossbar sizes N (N x N)")
-    parser.add_argument("--repeats", type=int, default=5, help="repetitions per method")
-    parser.add_argument("--scipy-budget-s", type=float, default=60.0,
-                        help="stop repeating scipy at a size after this much time (>= 2 runs)")
+    parser.add_argument("--repeats", type=int, default=5, help="most repetitions per method")
+    parser.add_argument("--budget-s", type=float, default=10.0,
+                        help="stop repeating a method at a size after this much time")
     parser.add_argument("--scipy-chunk", type=int, default=4,
                         help="right-hand sides per SuperLU solve call")
-    parser.add_argument("--plain-float32", action="store_true",
-                        help="also time float32 without refinement")
     parser.add_argument("--r-wire", type=float, default=1.0, help="wire resistance (ohms)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",") if size]
 
-    methods = {
-        "jax f64": (jnp.float64, 0),
-        "jax f32+ref": (jnp.float32, 1),
-    }
-    if args.plain_float32:
-        methods["jax f32"] = (jnp.float32, 0)
-
-    print(f"# jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; "
-          f"conductance U[1e-6, 1e-4] S, r_wire = {args.r_wire} ohm, ideal driver/sense")
-    header = (f"{'N':>5} {'method':<12} {'median_s':>9} {'min_s':>9} {'max_s':>9} "
-              f"{'runs':>4} {'speedup':>8} {'rel_err':>9}")
-    print(header)
+    methods = {"jax f64": (jnp.float64, 0), "jax f32": (jnp.float32, 0),
+               "jax f32+ref": (jnp.float32, 1)}
+    print(f"# jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}; conductance U[1e-6, 1e-4] S, "
+          f"r_wire = {args.r_wire} ohm, ideal driver/sense")
+    print(f"{'N':>5} {'method':<12} {'median_s':>9} {'min_s':>9} {'max_s':>9} "
+          f"{'runs':>4} {'speedup':>8} {'rel_err':>9}")
     for size in sizes:
         rng = np.random.default_rng(size)
         conductance = rng.uniform(1e-6, 1e-4, (size, size))
-        compiled = {}
+        runners = {}
         for name, (dtype, steps) in methods.items():
             function = jax.jit(lambda g, steps=steps: transfer_matrix(
                 g, args.r_wire, args.r_wire, 0.0, 0.0, refinement_steps=steps))
             argument = jnp.asarray(conductance, dtype)
             function(argument).block_until_ready()      # compile and warm up
-            compiled[name] = (function, argument)
-        times = {name: [] for name in list(methods) + ["scipy splu"]}
+            runners[name] = lambda function=function, argument=argument: (
+                function(argument).block_until_ready())
+        runners["scipy splu"] = lambda: scipy_transfer_matrix(conductance, args.r_wire,
+                                                              args.scipy_chunk)
+        times = {name: [] for name in runners}
         results = {}
-        scipy_spent = 0.0
-        for repeat in range(args.repeats):
-            for name, (function, argument) in compiled.items():
-                elapsed, result = timed(lambda: function(argument).block_until_ready())
-                times[name].append(elapsed)
-                results[name] = np.asarray(result, np.float64)
-            if repeat < 2 or scipy_spent < args.scipy_budget_s:
-                elapsed, result = timed(lambda: scipy_transfer_matrix(conductance, args.r_wire,
-                                                                      args.scipy_chunk))
-                times["scipy splu"].append(elapsed)
-                results["scipy splu"] = result
-                scipy_spent += elapsed
+        while any(keep_going(times[name], args.repeats, args.budget_s) for name in runners):
+            for name, runner in runners.items():
+                if keep_going(times[name], args.repeats, args.budget_s):
+                    elapsed, result = timed(runner)
+                    times[name].append(elapsed)
+                    results[name] = np.asarray(result, np.float64)
         reference = results["scipy splu"]
         scipy_median = statistics.median(times["scipy splu"])
         for name, samples in times.items():

@@ -265,7 +265,16 @@ class _WordLineLadder(NamedTuple):
 
 
 def _word_line_ladder(conductance, r_wire_row, r_driver) -> _WordLineLadder:
-    """Ladder recurrences of all word lines of one crossbar (conductance (N, M), siemens)."""
+    """Ladder recurrences of all word lines of one crossbar (conductance (N, M), siemens).
+
+    With the bit-line nodes and the source at 0 V, each word line is a ladder
+    of series segments ``rho_j`` and shunt cells ``G_j``.  Right to left: the
+    admittance ``A_j`` (siemens) seen from node j into the line beyond it;
+    the transmission ``t_j = 1 / (1 + rho_j (G_j + A_j))``.  Left to right: the
+    series impedance (ohms) seen from node j towards the source.  Everything
+    is a ratio of the form ``x / (1 + y)`` with ``x, y >= 0``: zero resistances
+    are exact and nothing is divided by a resistance.
+    """
     n_rows, n_cols = conductance.shape
     dtype = conductance.dtype
     segment = jnp.full((n_cols,), r_wire_row, dtype).at[0].set(r_driver)
@@ -315,13 +324,15 @@ def _word_line_admittance(cells, attenuation_high, attenuation_low, self_respons
                           cell_self_admittance):
     """Dense Norton admittance ``Y`` (M x M, siemens) of one word line.
 
-    ``Y = diag(G) - diag(G) L^{-1} diag(G)`` where ``L^{-1}[j, k] =
-    v_k prod_{l=k+1..j} t_l = v_k exp(S_j - S_k)`` for ``j >= k`` (symmetric):
-    the voltage at node j per ampere injected at node k.  ``S`` is
-    non-increasing, so ``L^{-1}[j, k] = v_min(j,k) exp(-|S_j - S_k|)``.
+    ``Y = diag(G) - diag(G) L^{-1} diag(G)`` where ``L^{-1}[j, k]`` (ohms) is
+    the voltage at node j per ampere injected at node k with the source and
+    the bit lines at 0 V: ``L^{-1}[j, k] = v_k exp(S_j - S_k)`` for ``j >= k``
+    (symmetric).  ``S`` is non-increasing, so
+    ``L^{-1}[j, k] = v_min(j,k) exp(-|S_j - S_k|)``, every exponential <= 1,
+    and the compensated ``S`` keeps the differences accurate.  The diagonal
+    of ``Y`` comes from the ladder directly (no cancellation).
     """
-    n_cols = cells.shape[0]
-    index = jnp.arange(n_cols)
+    index = jnp.arange(cells.shape[0])
     difference = ((attenuation_high[:, None] - attenuation_high[None, :])
                   + (attenuation_low[:, None] - attenuation_low[None, :]))
     nearer = jnp.where(index[:, None] >= index[None, :], self_response[None, :],
@@ -388,10 +399,11 @@ def _cumulative_sum(values, reverse=False):
 def _wire_currents(cell_current):
     """Currents (amperes) in every wire segment implied by the cell currents (N, M, B).
 
-    Returns ``(word, bit)``: ``word[i, j]`` flows towards the driver through the
-    word-line segment on the driver side of node (i, j) (``j = 0``: the driver
-    itself); ``bit[i, j]`` flows towards the sense end through the bit-line
-    segment below node (i, j) (``i = N-1``: the sense resistance).
+    Returns ``(word, bit)``: ``word[i, j]`` flows away from the driver through
+    the word-line segment on the driver side of node (i, j) (``j = 0``: the
+    driver resistance itself); ``bit[i, j]`` flows towards the sense end
+    through the bit-line segment below node (i, j) (``i = N-1``: the sense
+    resistance).
     """
     by_column = jnp.moveaxis(cell_current, 1, 0)
     word = jnp.moveaxis(_cumulative_sum(by_column, reverse=True), 0, 1)
@@ -448,27 +460,7 @@ def _residual(conductance, resistances, source_voltage, injection, cell_current)
 _CHOLESKY_BLOCK = 16
 
 
-def _through_block(admittance, r):
-    """``(I + r P)^{-1} P`` for symmetric ``P`` (result symmetric up to rounding)."""
-    size = admittance.shape[-1]
-    if size <= _CHOLESKY_BLOCK:
-        identity = jnp.eye(size, dtype=admittance.dtype)
-        lower = lax.linalg.cholesky(identity + r * admittance, symmetrize_input=False)
-        solved = lax.linalg.triangular_solve(lower, admittance, left_side=True, lower=True)
-        return admittance - r * (solved.T @ solved)
-    half = size // 2
-    leading, coupling = admittance[:half, :half], admittance[:half, half:]
-    leading_through = _through_block(leading, r)
-    coupling_through = coupling - r * (leading_through @ coupling)
-    trailing_through = _through_block(
-        admittance[half:, half:] - r * (coupling.T @ coupling_through), r)
-    off_diagonal = coupling_through - r * (coupling_through @ trailing_through)
-    product = off_diagonal @ coupling.T
-    leading_block = leading_through - r * (product - r * (product @ leading_through))
-    return jnp.block([[leading_block, off_diagonal], [off_diagonal.T, trailing_through]])
-
-
-def _through_segment(admittance, segment_resistance):
+def _through_segment(admittance, r):
     """Norton admittance (M x M, siemens) seen through a series resistance on every bit line.
 
     Returns ``K = (I + r P)^{-1} P`` for a symmetric positive semidefinite
@@ -477,13 +469,30 @@ def _through_segment(admittance, segment_resistance):
     ``K_A = K(A)``; ``(I + r A)^{-1} C = C - r K_A C``;
     Schur complement ``S = D - r C^T (I + r A)^{-1} C``; ``K_S = K(S)``;
     off-diagonal block ``X = (I + r A)^{-1} C (I - r K_S)``; leading block
-    ``K_A - r X C^T (I - r K_A)``.  Blocks of up to ``_CHOLESKY_BLOCK`` use
+    ``K_A - r X C^T (I - r K_A) = K_A - r X ((I + r A)^{-1} C)^T`` (four
+    half-size products per level of recursion, 4/3 M^3 flops in all).
+    Blocks of up to ``_CHOLESKY_BLOCK`` use
     ``P - r Z^T Z`` with ``Z = L^{-1} P``, ``L L^T = I + r P``.  Every
     correction is multiplied by ``r``, so nothing is divided by a resistance
-    and the rounding of the corrections does not swamp ``P``.
+    and the rounding of the corrections does not swamp ``P``.  The result is
+    symmetric up to rounding (not symmetrized: the leaf factorizations read
+    only the lower triangle).
     """
-    through = _through_block(admittance, segment_resistance)
-    return 0.5 * (through + through.T)
+    size = admittance.shape[-1]
+    if size <= _CHOLESKY_BLOCK:
+        identity = jnp.eye(size, dtype=admittance.dtype)
+        lower = lax.linalg.cholesky(identity + r * admittance, symmetrize_input=False)
+        solved = lax.linalg.triangular_solve(lower, admittance, left_side=True, lower=True)
+        return admittance - r * (solved.T @ solved)
+    half = size // 2
+    leading, coupling = admittance[:half, :half], admittance[:half, half:]
+    leading_through = _through_segment(leading, r)
+    coupling_through = coupling - r * (leading_through @ coupling)
+    trailing_through = _through_segment(
+        admittance[half:, half:] - r * (coupling.T @ coupling_through), r)
+    off_diagonal = coupling_through - r * (coupling_through @ trailing_through)
+    leading_block = leading_through - r * (off_diagonal @ coupling_through.T)
+    return jnp.block([[leading_block, off_diagonal], [off_diagonal.T, trailing_through]])
 
 
 def _level_inputs(conductance, resistances, ladder):
@@ -503,71 +512,56 @@ def _level_update(norton_admittance, inputs):
     cells, high, low, self_response, self_admittance, segment = inputs
     combined = norton_admittance + _word_line_admittance(cells, high, low, self_response,
                                                          self_admittance)
-    return _through_segment(combined, segment)
-
-
-def _sweep(carry, inputs):
-    """Bit-line sweep over a range of levels with the Norton current of several reads.
-
-    carry: (K, q) with q of shape (M, B) (amperes per volt of drive).
-    inputs: level inputs plus (unit_source_current (M,), drive (B,)) per level.
-    """
-
-    def level(state, level_inputs):
-        norton_admittance, norton_current = state
-        unit_current, drive = level_inputs[-2:]
-        next_admittance = _level_update(norton_admittance, level_inputs[:-2])
-        current = norton_current + unit_current[:, None] * drive[None, :]
-        segment = level_inputs[-3]
-        return (next_admittance, current - segment * (next_admittance @ current)), None
-
-    return lax.scan(level, carry, inputs)[0]
+    # materialize P once: otherwise XLA may fuse (and recompute) the exponentials of Y
+    # into each block that the recursion slices out of P
+    return _through_segment(lax.optimization_barrier(combined), segment)
 
 
 def _forward_currents(conductance, resistances, voltages):
-    """Bit-line currents (B, M) for word-line voltages (N, B), without refinement."""
+    """Bit-line currents (B, M) for word-line voltages (N, B), without refinement.
+
+    One sweep down the bit lines carrying ``K`` (M x M) and the Norton current
+    ``q`` (M x B, amperes) of every read.
+    """
     n_cols = conductance.shape[1]
     dtype = conductance.dtype
     ladder = _word_line_ladder(conductance, resistances[0], resistances[2])
+
+    def level(state, inputs):
+        norton_admittance, norton_current = state
+        unit_current, drive = inputs[-2:]
+        next_admittance = _level_update(norton_admittance, inputs[:-2])
+        current = norton_current + unit_current[:, None] * drive[None, :]
+        segment = inputs[-3]
+        return (next_admittance, current - segment * (next_admittance @ current)), None
+
     init = (jnp.zeros((n_cols, n_cols), dtype), jnp.zeros((n_cols, voltages.shape[1]), dtype))
     inputs = _level_inputs(conductance, resistances, ladder) + (ladder.unit_source_current,
                                                                 voltages)
-    _, currents = _sweep(init, inputs)
+    (_, currents), _ = lax.scan(level, init, inputs)
     return currents.T
 
 
-def _forward_transfer(conductance, resistances, stages=4):
-    """Transfer matrix (N, M) without refinement.
-
-    Word line k only injects current from level k down, so the sweep runs in
-    ``stages`` groups of levels and carries only the columns of ``q`` that
-    can be nonzero yet (saves about 40 % of the Norton-current work).
-    """
-    n_rows, n_cols = conductance.shape
-    dtype = conductance.dtype
-    ladder = _word_line_ladder(conductance, resistances[0], resistances[2])
-    level_inputs = _level_inputs(conductance, resistances, ladder) + (ladder.unit_source_current,)
-    stages = max(1, min(stages, n_rows // 32))
-    bounds = [round(n_rows * stage / stages) for stage in range(stages + 1)]
-    carry = (jnp.zeros((n_cols, n_cols), dtype), jnp.zeros((n_cols, 0), dtype))
-    for first, last in zip(bounds[:-1], bounds[1:]):
-        admittance, current = carry
-        current = jnp.pad(current, ((0, 0), (0, last - current.shape[1])))
-        drive = jnp.eye(n_rows, last, dtype=dtype)[first:last]
-        inputs = tuple(array[first:last] for array in level_inputs) + (drive,)
-        carry = _sweep((admittance, current), inputs)
-    return carry[1].T
+def _forward_transfer(conductance, resistances):
+    """Transfer matrix (N, M) without refinement: the sweep with one read per word line."""
+    identity = jnp.eye(conductance.shape[0], dtype=conductance.dtype)
+    return _forward_currents(conductance, resistances, identity)
 
 
 class _Factors(NamedTuple):
-    """Stored bit-line elimination of one crossbar (for full-state solves)."""
+    """Stored bit-line elimination of one crossbar (for full-state solves).
+
+    admittance_below: (N, M, M) ``K_i`` (siemens), the levels <= i seen through
+        the bit-line segment below level i.  ``N M^2`` values: the memory cost
+        of refinement and gradients.
+    """
 
     ladder: _WordLineLadder
-    admittance_below: jax.Array  # (N, M, M): K_i (siemens), levels <= i seen through the
-    #                              bit-line segment below level i
+    admittance_below: jax.Array
 
 
 def _factorize(conductance, resistances) -> _Factors:
+    """The sweep of :func:`_forward_currents` without reads, keeping every ``K_i``."""
     n_cols = conductance.shape[1]
     ladder = _word_line_ladder(conductance, resistances[0], resistances[2])
 
@@ -646,8 +640,8 @@ def _map_over_reads(function, n_rows, n_cols, *arrays):
     """Apply ``function`` to chunks of reads (last axis of every array), one chunk at a time.
 
     Bounds the memory of full-state solves to about ``_STATE_ELEMENTS_PER_CHUNK``
-    cell currents.  Returns the stacked per-chunk outputs, the chunk size and
-    the number of reads.
+    cell currents per array; the last chunk is padded with zero reads.
+    Returns the stacked per-chunk outputs and the number of reads.
     """
     n_reads = arrays[0].shape[-1]
     chunk = max(1, min(n_reads, _STATE_ELEMENTS_PER_CHUNK // (n_rows * n_cols)))
@@ -842,12 +836,17 @@ def transfer_matrix(conductance_siemens, r_wire_row, r_wire_col, r_driver=0.0, r
         layout: one of ``LAYOUTS`` (static).
         refinement_steps: iterative-refinement steps (static int, default 0).
             Without refinement float32 is within a few 1e-6 of float64 up to
-            512 x 512; one step gives ~3e-7 at about twice the cost.
+            512 x 512; one step gives ~3e-7 for three to four times the time.
 
     Returns:
         ``T`` of shape ``batch + (N, M)`` in the conductance's floating dtype:
         ``T[k, j]`` is the current (A) into the virtual ground of bit line
         ``j`` per volt on word line ``k``, all other word lines at 0 V.
+
+    Cost: O(N M^3) per crossbar, O(M^2 + M N) memory without refinement.
+    ``jax.grad`` w.r.t. the conductance and the resistances solves the adjoint
+    system (implicit differentiation); refinement and gradients keep the
+    ``N M^2`` elimination factors of each crossbar in memory.
 
     Raises:
         ValueError: bad shapes, NaN/inf, negative conductance or resistance,

@@ -116,10 +116,9 @@ CASES = [
     ((1, 9), 1e2, 0.0, 0.5),
     ((9, 1), 1e2, 0.5, 0.0),
     (SHAPE, 1e6, 0.3, 0.5),
-    ((16, 16), 1e2, 0.0, 0.0),
-    ((16, 16), 1e4, 2.0, 1.0),
-    ((16, 16), 1e6, 0.0, 0.0),
-    ((40, 24), 1e3, 1.0, 0.0),
+    ((16, 24), 1e2, 0.0, 0.0),
+    ((16, 24), 1e4, 2.0, 1.0),
+    ((16, 24), 1e6, 1.0, 0.0),
     ((64, 64), 1e2, 0.0, 0.0),
     ((64, 64), 1e4, 0.0, 0.0),
     ((64, 64), 1e6, 1.0, 1.0),
@@ -156,10 +155,15 @@ def test_float32_within_1e_4(ratio):
     assert plain.dtype == jnp.float32
     # measured: about 1e-6 (the target is 1e-4)
     assert relative_error(np.asarray(plain)[rows], reference) <= 1e-5
-    if ratio == 1e4:
-        refined = transfer_matrix(conductance.astype(np.float32), r, r, 0.5 * r, 0.5 * r,
-                                  refinement_steps=1)
-        assert relative_error(np.asarray(refined)[rows], reference) <= 1e-6
+
+
+def test_float32_refinement():
+    conductance = random_conductance((64, 64), seed=64)
+    r = wire_for_ratio(conductance, 1e4)
+    reference = reference_transfer(conductance, r, r, 0.0, 0.0)
+    refined = transfer_matrix(conductance.astype(np.float32), r, r, refinement_steps=1)
+    assert refined.dtype == jnp.float32
+    assert relative_error(refined, reference) <= 1e-6
 
 
 @pytest.mark.parametrize("resistances", [(0.0, 2.0, 0.5, 0.0), (2.0, 0.0, 0.0, 0.7),
@@ -246,9 +250,10 @@ def test_ideal_wires_with_driver_resistance():
                                expected, rtol=1e-13)
 
 
-def test_reciprocity():
+@pytest.mark.parametrize("shape", [(9, 1), SHAPE])
+def test_reciprocity(shape):
     """Swapping word and bit lines (and drivers and sense amplifiers) transposes T."""
-    conductance = random_conductance(SHAPE, seed=13)
+    conductance = random_conductance(shape, seed=13)
     forward = np.asarray(transfer_matrix(conductance, 20.0, 30.0, 5.0, 7.0))
     mirrored = conductance[::-1, ::-1].T
     backward = np.asarray(transfer_matrix(mirrored, 30.0, 20.0, 7.0, 5.0))
