@@ -233,8 +233,9 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
     With every non-ideality off and enough ADC bits this equals ``x_int @ integer_weights``
     exactly (float32 holds it exactly while the magnitudes stay below 2**24; use
     ``dtype="float64"`` beyond). Read noise and ADC
-    noise are drawn from ``key``: batch row ``r``, fragment ``f`` from
-    ``fold_in(fold_in(key, r), f)``, so a row's noise does not depend on the batch it is in.
+    noise are drawn from ``key``: batch row ``r``, fragment ``f`` from the stream ``f`` of the
+    seeds of ``fold_in(key, r)`` (:func:`random_streams.normal_from_seeds`), so a row's noise
+    does not depend on the batch it is in.
 
     The kernel walks the batch in chunks (``lax.map``) and the fragments in groups
     (``lax.scan``); inside a group one batched matmul gives every ADC input, and the ADC and
@@ -282,22 +283,26 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
         x_chunk, s_chunk, row_ids = args
         digits = _pad_axis(input_digits(x_chunk, inputs, dtype), 2, padded * m)
         digits = jnp.transpose(digits.reshape(n, groups, group, m), (1, 2, 0, 3))
-        row_keys = (jax.vmap(lambda r: jax.random.fold_in(key, r))(row_ids) if draws else None)
+        row_seeds = (jax.vmap(lambda r: random_streams.key_seeds(jax.random.fold_in(key, r)))(
+            row_ids)[:, None, :] if draws else None)  # (b, 1, 2): one stream per row
 
         def group_body(carry, g):
             acc, acc_unit = carry
             d = digits[g]  # (group, n, m)
             start = g * group
             block = jax.lax.dynamic_slice_in_dim(response, start, group, 0)
-            product = jax.lax.dot_general(d, block, (((2,), (1,)), ((0,), (0,))))
             digit_sum = jnp.sum(d, axis=-1)  # (group, n)
             if draws:
                 squares = jax.lax.dynamic_slice_in_dim(noise_response, start, group, 0)
-                variance = jax.lax.dot_general(d * d, squares, (((2,), (1,)), ((0,), (0,))))
-                fragment_ids = (start + jnp.arange(group)).astype(jnp.uint32)
-                normal = jax.vmap(lambda k: jax.vmap(lambda f: random_streams.normal(
-                    jax.random.fold_in(k, f), (cycles, tiles * adc_width), dtype))(fragment_ids))(
-                    row_keys)  # (b, group, cycles, tiles * Y)
+                if inputs.max_digit == 1:  # digits are 0/1: d * d == d, one product for both
+                    both = jax.lax.dot_general(d, jnp.concatenate([block, squares], -1),
+                                               (((2,), (1,)), ((0,), (0,))))
+                    product, variance = jnp.split(both, 2, axis=-1)
+                else:
+                    product = jax.lax.dot_general(d, block, (((2,), (1,)), ((0,), (0,))))
+                    variance = jax.lax.dot_general(d * d, squares, (((2,), (1,)), ((0,), (0,))))
+            else:
+                product = jax.lax.dot_general(d, block, (((2,), (1,)), ((0,), (0,))))
             group_sign = jax.lax.dynamic_slice_in_dim(sign, start, group, 0)
             group_flipped = jax.lax.dynamic_slice_in_dim(flipped, start, group, 0)
             group_significance = s_chunk[:, :, g]  # (b, cycles, group)
@@ -305,7 +310,9 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
                 adc_in = product[i]
                 if draws:
                     std_lsb = jnp.sqrt(variance[i] * read_sigma ** 2 / lsb ** 2 + adc_noise ** 2)
-                    adc_in = adc_in + std_lsb * lsb * normal[:, i].reshape(n, -1)
+                    normal = random_streams.normal_from_seeds(  # fragment start + i of each row
+                        row_seeds, (cycles, tiles * adc_width), stream=start + i, dtype=dtype)
+                    adc_in = adc_in + std_lsb * lsb * normal.reshape(n, -1)
                 values = convert(adc_in.reshape(n, tiles, adc_width), lsb, config, None,
                                  adc_offset)
                 values, unit = _digital_group(values, digit_sum[i], group_sign[i],

@@ -181,3 +181,34 @@ def test_fast_normal_stream_statistics():
     assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(n)  # streams of two keys
     assert abs(np.corrcoef(a[:-1], a[1:])[0, 1]) < 5 / np.sqrt(n)  # neighbours in a stream
     assert np.max(np.abs(a)) > 4  # reaches the tails
+
+
+def test_fast_erfinv_matches_scipy_over_the_whole_open_interval():
+    from scipy import special
+
+    from reram_emu import random_streams
+    # the 23-bit grid the streams use, its ends included, and a dense sweep
+    grid = np.concatenate([(np.arange(0, 2 ** 23, 997) + 0.5) * 2.0 / 2 ** 23 - 1.0,
+                           [(0.5 * 2.0 / 2 ** 23) - 1.0, 1.0 - 0.5 * 2.0 / 2 ** 23]])
+    grid = grid.astype(np.float32)
+    ours = np.asarray(random_streams._erfinv(jnp.asarray(grid)), np.float64)
+    reference = special.erfinv(grid.astype(np.float64))
+    assert np.max(np.abs(ours - reference) / np.maximum(np.abs(reference), 1e-3)) < 2e-6
+
+
+def test_sub_streams_of_one_seed_pair_are_distinct_and_reproducible():
+    from reram_emu import random_streams
+    seeds = jax.vmap(random_streams.key_seeds)(jax.random.split(jax.random.key(3), 3))
+    values = np.asarray(random_streams.normal_from_seeds(seeds[:, None, :], (50_000,),
+                                                         stream=jnp.arange(2)[None, :]))
+    assert values.shape == (3, 2, 50_000)
+    flat = values.reshape(6, -1).astype(np.float64)
+    correlations = np.corrcoef(flat)[np.triu_indices(6, 1)]
+    assert np.max(np.abs(correlations)) < 5 / np.sqrt(50_000)
+    again = random_streams.normal_from_seeds(seeds[1], (50_000,), stream=1)
+    np.testing.assert_array_equal(values[1, 1], np.asarray(again))
+    # no stream: the key's own stream
+    np.testing.assert_array_equal(
+        np.asarray(random_streams.normal(jax.random.key(5), (1000,))),
+        np.asarray(random_streams.normal_from_seeds(
+            random_streams.key_seeds(jax.random.key(5)), (1000,))))
