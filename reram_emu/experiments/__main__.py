@@ -13,6 +13,8 @@ from .runner import UserError, run_experiment
 EXPERIMENTS = {
     "layer_noise": "reram_emu.experiments.layer_noise",
     "cost": "reram_emu.experiments.cost",
+    "ir_drop": "reram_emu.experiments.ir_drop",
+    "zero_skip": "reram_emu.experiments.zero_skip",
 }
 DEFAULT = "layer_noise"
 
