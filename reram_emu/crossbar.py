@@ -114,14 +114,15 @@ def analog_response(conductance: jax.Array, config: CrossbarConfig, layout: Colu
     circuit (:func:`reram_emu.circuit.transfer_matrix`): row ``i`` of its transfer matrix T is
     the column currents per volt on word line ``i`` with every other word line at 0 V, which is
     exactly how one fragment is driven (FORMS) and, by superposition, all rows (ISAAC, PRIME).
-    The response is ``T / step - G_off / step``. The differential scheme's positive and negative
+    The response is ``(T - G_off) / step``, computed as the ideal response plus ``(T - G) / step``
+    so that zero-resistance wires (``T == G``) give the ideal response exactly. The differential scheme's positive and negative
     crossbars are solved as two arrays.
     """
     wires = config.wires
     if wires is None:
         return conductance
     cell, geometry = config.cell, config.geometry
-    step, beta = cell.level_step_siemens, cell.off_in_levels
+    step = cell.level_step_siemens
     f, m, tiles, width = conductance.shape
     per_tile = geometry.fragments_per_tile
     row_tiles = -(-f // per_tile)
@@ -144,11 +145,12 @@ def analog_response(conductance: jax.Array, config: CrossbarConfig, layout: Colu
         physical = jnp.concatenate([block[..., :used], g_off, block[..., used:]], axis=-1)
         transfer = transfer_matrix(physical, r_row, r_col, wires.r_driver_ohms,
                                    wires.r_sense_ohms, layout=wires.layout)
-        responses.append(jnp.concatenate([transfer[..., :used],
-                                          transfer[..., used + unused:]], axis=-1))
-    response = jnp.concatenate(responses, axis=-1) / step - beta
-    response = response.transpose(0, 2, 1, 3).reshape(row_tiles * per_tile, m, tiles, width)
-    return response[:f]
+        loss = transfer - physical  # siemens; exactly 0 where the wires cost nothing
+        responses.append(jnp.concatenate([loss[..., :used], loss[..., used + unused:]], axis=-1))
+    # ideal response + the wires' change, so that T == G gives the ideal response bit for bit
+    change = jnp.concatenate(responses, axis=-1) / step
+    change = change.transpose(0, 2, 1, 3).reshape(row_tiles * per_tile, m, tiles, width)
+    return conductance + change[:f]
 
 
 def program(mapped: MappedWeights, key: jax.Array | None = None,
