@@ -15,6 +15,8 @@ EXPERIMENTS = {
     "cost": "reram_emu.experiments.cost",
     "ir_drop": "reram_emu.experiments.ir_drop",
     "zero_skip": "reram_emu.experiments.zero_skip",
+    "adc_resolution": "reram_emu.experiments.adc_resolution",
+    "mappings": "reram_emu.experiments.mappings",
 }
 DEFAULT = "layer_noise"
 
