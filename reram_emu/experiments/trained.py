@@ -80,18 +80,26 @@ def digits_mlp(work_dir: str | os.PathLike, fragment_rows=(4, 8, 16), *, seed: i
     data = load_dataset("digits", seed=seed, flatten=True)
     model = mlp((64, 128, 64, 10))
     baseline = dataclasses.replace(BASELINE, seed=seed)
-    state, _ = training.train(model, model.init(jax.random.key(seed)), data, baseline,
+    initial = jax.jit(model.init)(jax.random.key(seed))
+    state, _ = training.train(model, initial, data, baseline,
                               checkpoint=str(work / "baseline.npz"), log=log)
     float_params = state.params
     admm = ADMM_QUICK if quick else ADMM_FULL
     polarized, polarized_accuracy = {}, {}
     for m in fragment_rows:
-        result = training.polarize(
-            model, float_params, data, dataclasses.replace(admm, fragment_rows=int(m)),
-            dataclasses.replace(POLARIZE, seed=seed), checkpoint_dir=str(work / f"admm_m{m}"),
-            log=log, check_config=forms_config(int(m)))
-        polarized[int(m)] = result.params
-        polarized_accuracy[int(m)] = training.accuracy(model, result.params, data.x_test,
+        final = work / f"polarized_m{m}.npz"  # written after the polarizer's own check passed
+        if final.exists():
+            polarized[int(m)] = training.load_checkpoint(str(final), initial)[0]
+        else:
+            result = training.polarize(
+                model, float_params, data, dataclasses.replace(admm, fragment_rows=int(m)),
+                dataclasses.replace(POLARIZE, seed=seed),
+                checkpoint_dir=str(work / f"admm_m{m}"), log=log,
+                check_config=forms_config(int(m)))
+            polarized[int(m)] = result.params
+            training.save_checkpoint(str(final), result.params, epoch=0, step=0, seed=seed,
+                                     done=True)
+        polarized_accuracy[int(m)] = training.accuracy(model, polarized[int(m)], data.x_test,
                                                        data.y_test)
     return TrainedModels(model, data, float_params, polarized,
                          training.accuracy(model, float_params, data.x_test, data.y_test),
