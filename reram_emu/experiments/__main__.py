@@ -17,8 +17,9 @@ EXPERIMENTS = {
     "zero_skip": "reram_emu.experiments.zero_skip",
     "adc_resolution": "reram_emu.experiments.adc_resolution",
     "mappings": "reram_emu.experiments.mappings",
+    "noise_sensitivity": "reram_emu.experiments.noise_sensitivity",
 }
-DEFAULT = "layer_noise"
+DEFAULT = "noise_sensitivity"
 
 
 def load(name: str):
