@@ -737,11 +737,10 @@ def report(rows, out_dir, quick) -> str:
             + ". With the preset's ADC (worst-case range, LSB "
             + ", ".join(f"{lsb:g}" for lsb in lsbs.values()) + " levels for m = "
             + ", ".join(str(m) for m in lsbs) + "): " + "; ".join(preset_lines)
-            + ". At 0 ohm the circuit path already differs from the ideal-wire path: integer "
-            "column sums that fall exactly on a half-LSB tie are rounded one way or the other by "
-            "the float32 rounding of the transfer matrix, and any IR drop tips every tie down "
-            "(a bias), so the error jumps at the smallest resistance and then stays flat until "
-            "the loss exceeds half an LSB.")
+            + ". At 0 ohm the circuit path reproduces the ideal-wire read exactly; integer "
+            "column sums that fall exactly on a half-LSB tie are tipped down by any IR drop at "
+            "all (a bias), so the error jumps at the smallest resistance and then stays flat "
+            "until the loss exceeds half an LSB.")
     if heat:
         lines.append(
             f"- Heat map ({heat_rows(rows)} x {heat_rows(rows)}, {r1:g} ohm, random levels): "
