@@ -55,7 +55,7 @@ from .config import CrossbarConfig, NoiseParameters
 from .converters import adc_lsb_levels
 from .crossbar import effective_weights, program, read, read_noise_response
 from .mapping import encode_weights
-from .quantization import effective_cycles, input_digits, quantize_inputs
+from .quantization import quantize_inputs
 
 __all__ = [
     "ROW_ORDERS", "DenseSpec", "ConvSpec", "init_layer", "im2col", "conv_output_shape",
@@ -285,7 +285,7 @@ def adc_rounding_moments(sigma_lsb):
 
 def _fragment_cycle_sums(x_int: jax.Array, config: CrossbarConfig, fragments: int):
     """Per row and fragment, ``sum_{k < c_f} (2**(dac k))**p`` for p = 1 and 2, where ``c_f``
-    is the number of input cycles fragment f runs (zero-skipping) : two (R, F) arrays."""
+    is the number of input cycles fragment f runs (zero-skipping): two (R, F) arrays."""
     inputs = config.inputs
     m = config.geometry.fragment_rows
     rows = x_int.shape[0]
@@ -333,8 +333,10 @@ def output_noise_moments(programmed, mapped, x: jax.Array, scale: jax.Array, rea
     where an unsigned ADC clips the negative codes (a positive bias, applied with the
     fragment's sign); the other conversions are taken as interior (their input-dependent zeros
     are not resolved: an overestimate of their noise), with the rounding moments when the LSB
-    is one level (integer sums) and plain ``adc_noise_lsb**2`` otherwise. Deterministic ADC rounding of
-    non-integer sums (device variation) and clipping above the full scale are not modelled.
+    is one level (integer sums) and plain ``adc_noise_lsb**2`` otherwise. Not modelled: the
+    deterministic rounding of non-integer sums (device variation), clipping above the full
+    scale, the ADC offset. Checked against the emulated read (``tests/test_models.py``) and, for
+    LeNet-5 under 0.25 LSB ADC noise, a noisy forward at 96.3 % vs 96.4 % emulated.
     """
     config, layout = programmed.config, programmed.layout
     dtype = x.dtype
@@ -379,9 +381,9 @@ class NoisyRunner:
     For every layer: ``w`` is mapped and programmed with ``fold_in(key, index)`` (a fresh key
     per step gives fresh device variation per step), the product uses the realized weights
     with the gradient of ``w``, and, when ``read_noise``/``adc_noise`` are on and the
-    configuration (or ``noise``) has them, Gaussian output noise of the bit-serial read's
-    variance is added (:func:`output_noise_moments`). The input scale for that noise model is the
-    calibrated one from ``scales`` or the batch's max / top code.
+    configuration (or ``noise``) has them, Gaussian output noise with the bit-serial read's
+    mean and variance is added (:func:`output_noise_moments`). The input scale of that noise
+    model is the calibrated one from ``scales`` or the batch's max / top code.
 
     ``exact_read=True``: the forward value is the full emulated read
     (:func:`reram_emu.read`: bit-serial inputs, per-fragment ADC quantization and clipping,

@@ -32,8 +32,9 @@ continues exactly as the uninterrupted one would).
 
 Evaluation: :func:`accuracy` (ideal float model), :func:`evaluate_emulated` (the full emulated
 read, vmapped over groups of noise keys and ``lax.map``-ped over the groups, mean and a 95 %
-Student-t confidence interval over keys), :func:`difference_ci` (Welch interval of a
-difference of means).
+Student-t confidence interval over keys, and every image's correctness per key),
+:func:`difference_ci` (Welch interval of a difference of means), :func:`crossed_ci` (interval of
+a mean over keys x images that counts both the keys and the choice of test images).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ from .models import Model
 
 __all__ = ["TrainConfig", "NoiseAware", "TrainState", "train", "polarize", "PolarizeResult",
            "accuracy", "predict", "calibrate_input_scales", "layer_configs",
-           "evaluate_emulated", "EmulatedEvaluation", "mean_ci", "difference_ci",
+           "evaluate_emulated", "EmulatedEvaluation", "mean_ci", "difference_ci", "crossed_ci",
+           "admm_phase", "finetune_phase",
            "save_checkpoint", "load_checkpoint", "cross_entropy"]
 
 
@@ -376,40 +378,75 @@ class PolarizeResult(NamedTuple):
     zeroed_fraction: dict
 
 
-def polarize(model: Model, params: dict, data, admm: admm_lib.ADMMConfig,
-             config: TrainConfig, *, noise_aware: NoiseAware | None = None,
-             checkpoint_dir: str | None = None, log: Callable[[str], None] | None = print,
-             eval_data=None, check_config: CrossbarConfig | None = None) -> PolarizeResult:
-    """ADMM polarization -> hard projection -> masked fine-tuning -> quantization -> check.
+def _phase_checkpoint(checkpoint_dir: str | None, name: str) -> str | None:
+    return None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"{name}.npz")
 
-    ``config.epochs`` is ignored: the phases run ``admm.epochs`` and ``admm.finetune_epochs``.
-    With ``checkpoint_dir`` each phase checkpoints to ``admm.npz`` / ``finetune.npz`` there and
-    a rerun resumes. ``check_config`` (e.g. the FORMS preset at ``admm.fragment_rows``) makes
-    the final check also map every layer with ``on_violation="error"``. Raises RuntimeError if
-    the result is not exactly polarized.
-    """
-    path = (lambda name: None if checkpoint_dir is None
-            else os.path.join(checkpoint_dir, f"{name}.npz"))
-    admm_state, admm_history = train(
+
+def admm_phase(model: Model, params: dict, data, admm: admm_lib.ADMMConfig,
+               config: TrainConfig, *, noise_aware: NoiseAware | None = None,
+               checkpoint: str | None = None, log: Callable[[str], None] | None = print,
+               eval_data=None) -> tuple[dict, list]:
+    """The ADMM phase of :func:`polarize` alone: ``admm.epochs`` epochs of W-steps with Z/U
+    updates (``config.epochs`` is ignored; the learning-rate schedule is
+    ``admm.admm_schedule``). Returns ``(params, history)``; the params are close to, not on,
+    the polarized set (see :func:`finetune_phase`)."""
+    state, history = train(
         model, params, data,
-        dataclasses.replace(config, epochs=admm.epochs, schedule=admm.admm_schedule), phase="admm",
-        admm=admm, noise_aware=noise_aware, checkpoint=path("admm"), log=log,
+        dataclasses.replace(config, epochs=admm.epochs, schedule=admm.admm_schedule),
+        phase="admm", admm=admm, noise_aware=noise_aware, checkpoint=checkpoint, log=log,
         eval_data=eval_data)
-    weights = model.weights(admm_state.params)
+    return state.params, history
+
+
+def finetune_phase(model: Model, admm_params: dict, data, admm: admm_lib.ADMMConfig,
+                   config: TrainConfig, *, noise_aware: NoiseAware | None = None,
+                   checkpoint: str | None = None, log: Callable[[str], None] | None = print,
+                   eval_data=None, check_config: CrossbarConfig | None = None,
+                   history: list | None = None) -> PolarizeResult:
+    """The end of :func:`polarize`: hard projection of ``admm_params`` -> masked fine-tuning
+    (``admm.finetune_epochs`` epochs, optionally noise-aware) -> ``admm.weight_bits``
+    quantization -> check. ``history`` (e.g. the ADMM phase's) is prepended to the returned
+    history. Raises RuntimeError if the result is not exactly polarized.
+
+    Starting two fine-tunings (say plain and noise-aware) from the same ``admm_params``
+    compares the fine-tunings alone: same signs, same masks, same number of steps.
+    """
+    weights = model.weights(admm_params)
     projected, signs, masks = admm_lib.hard_projection(weights, admm)
     zeroed = {name: float(1.0 - jnp.mean(masks[name])) for name in masks}
-    start = model.with_weights(admm_state.params, projected)
+    start = model.with_weights(admm_params, projected)
     ft_state, ft_history = train(
         model, start, data, dataclasses.replace(config, epochs=admm.finetune_epochs),
         phase="finetune", admm=admm, signs=signs, masks=masks, noise_aware=noise_aware,
-        checkpoint=path("finetune"), log=log, eval_data=eval_data)
+        checkpoint=checkpoint, log=log, eval_data=eval_data)
     final = ft_state.params
     if admm.weight_bits is not None:
         final = model.with_weights(final, admm_lib.quantize_weights_dict(
             model.weights(final), admm.weight_bits))
     if not admm_lib.check_polarized(model.weights(final), admm.fragment_rows, check_config):
         raise RuntimeError("the polarized weights violate the fragment constraint")
-    return PolarizeResult(final, signs, masks, admm_history + ft_history, zeroed)
+    return PolarizeResult(final, signs, masks, list(history or []) + ft_history, zeroed)
+
+
+def polarize(model: Model, params: dict, data, admm: admm_lib.ADMMConfig,
+             config: TrainConfig, *, noise_aware: NoiseAware | None = None,
+             checkpoint_dir: str | None = None, log: Callable[[str], None] | None = print,
+             eval_data=None, check_config: CrossbarConfig | None = None) -> PolarizeResult:
+    """ADMM polarization -> hard projection -> masked fine-tuning -> quantization -> check.
+
+    :func:`admm_phase` then :func:`finetune_phase`. ``config.epochs`` is ignored: the phases
+    run ``admm.epochs`` and ``admm.finetune_epochs``. With ``checkpoint_dir`` each phase
+    checkpoints to ``admm.npz`` / ``finetune.npz`` there and a rerun resumes. ``check_config``
+    (e.g. the FORMS preset at ``admm.fragment_rows``) makes the final check also map every
+    layer with ``on_violation="error"``. Raises RuntimeError if the result is not exactly
+    polarized.
+    """
+    admm_params, admm_history = admm_phase(
+        model, params, data, admm, config, noise_aware=noise_aware,
+        checkpoint=_phase_checkpoint(checkpoint_dir, "admm"), log=log, eval_data=eval_data)
+    return finetune_phase(model, admm_params, data, admm, config, noise_aware=noise_aware,
+                          checkpoint=_phase_checkpoint(checkpoint_dir, "finetune"), log=log,
+                          eval_data=eval_data, check_config=check_config, history=admm_history)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -476,6 +513,38 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def crossed_ci(values, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and a confidence interval ``(mean, low, high)`` of ``values`` (K, N): one value per
+    noise key (rows) and test image (columns), both random samples (a crossed design).
+
+    The variance of the grand mean is estimated as ``var(row means) / K + var(column means) /
+    N`` (each term also holds a share of the key x image interaction, so the estimate errs on
+    the wide side), with Satterthwaite's degrees of freedom. A 1-D array or K = 1 (one
+    deterministic read) leaves the images' term alone: the paired interval over images. Use it
+    for accuracies (values 0/1) or paired differences of correctness (values -1/0/1) on the
+    same images.
+    """
+    from scipy import stats
+    values = np.asarray(values, np.float64)
+    if values.ndim == 1:
+        values = values[None]
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(f"values must be (keys, images), got shape {values.shape}")
+    k, n = values.shape
+    mean = float(np.mean(values))
+    terms = []  # (variance of the mean, degrees of freedom)
+    if k > 1:
+        terms.append((np.var(np.mean(values, axis=1), ddof=1) / k, k - 1))
+    if n > 1:
+        terms.append((np.var(np.mean(values, axis=0), ddof=1) / n, n - 1))
+    var = sum(t for t, _ in terms)
+    if var == 0:
+        return mean, mean, mean
+    dof = var ** 2 / sum(t ** 2 / d for t, d in terms)
+    half = float(stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(var))
+    return mean, mean - half, mean + half
+
+
 def difference_ci(a, b, level: float = 0.95) -> tuple[float, float, float]:
     """``mean(a) - mean(b)`` with a Welch (unequal variances) t interval."""
     from scipy import stats
@@ -492,8 +561,9 @@ def difference_ci(a, b, level: float = 0.95) -> tuple[float, float, float]:
 
 @functools.lru_cache(maxsize=32)
 def _emulated_counter(model: Model, configs: tuple):
-    """Jitted correct-count of one image batch for every key (cached per model and configs:
-    keys, noise parameters and scales are arguments, so repeated evaluations compile once)."""
+    """Jitted correctness (keys, batch) of one image batch for every key (cached per model and
+    configs: keys, noise parameters and scales are arguments, so repeated evaluations compile
+    once per batch shape)."""
     configs = dict(configs)
 
     def one_key(key, params, xb, yb, batch_index, noise, scales):
@@ -501,21 +571,24 @@ def _emulated_counter(model: Model, configs: tuple):
         runner = EmulatedRunner(configs, program_key,
                                 jax.random.fold_in(read_key, batch_index), noise, scales)
         logits = model.apply(params, xb, runner)
-        return jnp.sum(jnp.argmax(logits, -1) == yb)
+        return jnp.argmax(logits, -1) == yb
 
     @jax.jit
     def batch_correct(params, xb, yb, batch_index, grouped_keys, noise, scales):
         def per_group(keys):
             return jax.vmap(one_key, (0, None, None, None, None, None, None))(
                 keys, params, xb, yb, batch_index, noise, scales)
-        return jax.lax.map(per_group, grouped_keys).reshape(-1)
+        hits = jax.lax.map(per_group, grouped_keys)
+        return hits.reshape(-1, hits.shape[-1])
 
     return batch_correct
 
 
 class EmulatedEvaluation(NamedTuple):
     """Accuracy read through the emulator: per key, mean, std and the 95 % t interval over
-    keys (fractions in [0, 1]); ``images`` evaluated and ``seconds`` of wall time."""
+    keys (fractions in [0, 1]); ``images`` evaluated and ``seconds`` of wall time;
+    ``correct`` (keys, images) bool: which image each key classified correctly (for intervals
+    that also cover the choice of images, :func:`crossed_ci`)."""
 
     accuracies: np.ndarray
     mean: float
@@ -524,6 +597,7 @@ class EmulatedEvaluation(NamedTuple):
     ci_high: float
     images: int
     seconds: float
+    correct: np.ndarray | None = None
 
 
 def evaluate_emulated(model: Model, params: dict, x, y, config: CrossbarConfig | dict, *,
@@ -536,7 +610,9 @@ def evaluate_emulated(model: Model, params: dict, x, y, config: CrossbarConfig |
     Each key programs every layer once (device variation and faults: ``fold_in(program_key,
     layer)``) and reads all images with it (read and ADC noise fresh per batch and layer).
     Keys are processed ``keys_per_vmap`` at a time with ``jax.vmap`` and the groups with
-    ``lax.map``; images in batches of ``batch_size`` (a Python loop, one compiled function).
+    ``lax.map``; images in batches of ``batch_size`` (a Python loop, one compiled function:
+    a shorter last batch is padded, the padding rows are read and not counted; a row's noise
+    does not depend on its batch's other rows, so the padding changes nothing).
 
     Args:
       config: a CrossbarConfig (per-layer trimmed configs are derived) or name -> config.
@@ -559,13 +635,24 @@ def evaluate_emulated(model: Model, params: dict, x, y, config: CrossbarConfig |
     scales_j = None if scales is None else {k: jnp.asarray(v, jnp.float32)
                                              for k, v in scales.items()}
     batch_correct = _emulated_counter(model, tuple(sorted(configs.items())))
-    correct = np.zeros(n_keys, np.int64)
     n = len(x)
+    if n == 0 or len(y) != n:
+        raise ValueError(f"need as many labels as images (at least one), got {n} and {len(y)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = min(batch_size, n)
+    correct = np.zeros((n_keys, n), bool)
     for b, i in enumerate(range(0, n, batch_size)):
-        xb, yb = jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size])
-        correct += np.asarray(batch_correct(params, xb, yb, b, grouped, noise,
-                                            scales_j))[:n_keys]
-    accuracies = correct / n
+        xb, yb = np.asarray(x[i:i + batch_size]), np.asarray(y[i:i + batch_size], np.int32)
+        valid = len(xb)
+        if valid < batch_size:  # pad: one compiled batch shape
+            xb = np.concatenate([xb, np.zeros((batch_size - valid,) + xb.shape[1:], xb.dtype)])
+            yb = np.concatenate([yb, np.full(batch_size - valid, -1, yb.dtype)])
+        hits = batch_correct(params, jnp.asarray(xb), jnp.asarray(yb), b, grouped, noise,
+                             scales_j)
+        correct[:, i:i + valid] = np.asarray(hits)[:n_keys, :valid]
+    accuracies = correct.mean(axis=1)
     mean, low, high = mean_ci(accuracies)
     std = float(np.std(accuracies, ddof=1)) if n_keys > 1 else 0.0
-    return EmulatedEvaluation(accuracies, mean, std, low, high, n, time.perf_counter() - t0)
+    return EmulatedEvaluation(accuracies, mean, std, low, high, n, time.perf_counter() - t0,
+                              correct)

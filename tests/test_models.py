@@ -10,9 +10,9 @@ import reram_emu as rx
 from reram_emu import admm as A
 from reram_emu import training
 from reram_emu.config import ADCConfig, DeviceConfig, InputConfig, MappingConfig
-from reram_emu.layers import (ConvSpec, EmulatedRunner, NoisyRunner, conv_weight_to_hwio, im2col,
-                              layer_config, output_noise_moments)
-from reram_emu.models import count_parameters, lenet5, mlp
+from reram_emu.layers import (ConvSpec, DenseSpec, EmulatedRunner, NoisyRunner,
+                              conv_weight_to_hwio, im2col, layer_config, output_noise_moments)
+from reram_emu.models import Model, count_parameters, lenet5, mlp
 from reram_emu.polarization import project_polarized
 
 
@@ -63,7 +63,11 @@ def exact_config(m=8):
 
 
 def test_emulated_runner_reads_the_quantized_model():
-    model = lenet5(input_shape=(12, 12, 1), channels=(4, 6), hidden=(16, 12))
+    """A small CNN (im2col convolution, pooling, dense) read through the emulator with an ADC
+    fine enough to be exact gives the quantized float model's logits."""
+    model = Model("cnn", (("conv1", ConvSpec(1, 4, (3, 3), 1, "SAME", "width")),
+                          ("conv2", ConvSpec(4, 6, (3, 3), 1, "VALID", "channel")),
+                          ("fc1", DenseSpec(24, 10))), (12, 12, 1), 10)
     params = model.init(jax.random.key(2))
     weights = {k: project_polarized(w, 8) for k, w in model.weights(params).items()}
     params = model.with_weights(params, weights)
@@ -145,7 +149,7 @@ def test_output_noise_model_matches_the_emulated_read(read_sigma, adc_noise, adc
     mapped = rx.map_weights(w, config)
     layer = rx.program(mapped)
     scale = jnp.float32(1.0 / 63)
-    keys = jax.random.split(jax.random.key(6), 400)
+    keys = jax.random.split(jax.random.key(6), 256)
     outputs = jax.vmap(lambda k: rx.read(layer, x, key=k, scale=scale).outputs)(keys)
     reference = rx.read(rx.program(rx.map_weights(w, layer_config(clean, 4))), x, scale=scale)[0]
     mean, std = output_noise_moments(layer, mapped, jnp.asarray(x), scale, read_sigma or None,

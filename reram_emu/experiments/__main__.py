@@ -13,11 +13,12 @@ from .runner import UserError, run_experiment
 EXPERIMENTS = {
     "layer_noise": "reram_emu.experiments.layer_noise",
     "cost": "reram_emu.experiments.cost",
-    "ir_drop": "reram_emu.experiments.ir_drop",
-    "zero_skip": "reram_emu.experiments.zero_skip",
     "adc_resolution": "reram_emu.experiments.adc_resolution",
     "mappings": "reram_emu.experiments.mappings",
+    "ir_drop": "reram_emu.experiments.ir_drop",
+    "zero_skip": "reram_emu.experiments.zero_skip",
     "noise_sensitivity": "reram_emu.experiments.noise_sensitivity",
+    "polarize": "reram_emu.experiments.polarize",
 }
 DEFAULT = "noise_sensitivity"
 
