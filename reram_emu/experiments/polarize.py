@@ -129,14 +129,14 @@ class Settings:
                                  f"prefixes of the no-noise read's images)")
 
 
-#: MNIST LeNet-5, sized for a 2-core CPU (the whole pipeline in about 15 minutes): the ADMM and
+#: MNIST LeNet-5, sized for a 2-core CPU (the whole pipeline in about 12 minutes): the ADMM and
 #: fine-tuning "epochs" are 470 steps of 64 images (half an epoch, a fresh random half each
 #: time): 2 ADMM epochs with 4 Z/U updates each (rho 1e-3 doubling to 0.256), then 5 of masked
 #: fine-tuning, which recovers more than 3 full epochs after 2 full ADMM epochs did (99.03 %
 #: vs 98.95 % float at m = 8, measured). The no-noise drops read all 10000 test images (on a
 #: random 5000 the m = 8 drop read 0.20 instead of 0.11: the subset alone moves it by 0.1); the
-#: noisy stages read fewer images (a read with read noise costs about 13x a read without: one
-#: Gaussian per ADC conversion).
+#: noisy stages read fewer images (a read with read noise costs about 4 to 9x a read without:
+#: one Gaussian per ADC conversion).
 MNIST = Settings(
     model="lenet5",
     baseline=T.TrainConfig(epochs=6, batch_size=64, learning_rate=2e-3),
