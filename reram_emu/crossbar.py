@@ -44,7 +44,6 @@ __all__ = ["ProgrammedLayer", "ReadCounts", "ReadResult", "program", "analog_res
            "effective_weights", "calibrate_adc"]
 
 
-
 @dataclass(frozen=True)
 class ProgrammedLayer:
     """A layer programmed onto crossbars (a pytree; config and layout are static).
@@ -324,7 +323,7 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
 
 
 def _digital_back_end(values, digit_sum, sign, flipped, layout: ColumnLayout,
-                   config: CrossbarConfig):
+                      config: CrossbarConfig):
     """Digital back end of one fragment: converted values (n, T, Y) -> signed slice-column
     values (n, T, W*S) and, for the offset scheme, the unit column's count (n, T). Removes a digital baseline, undoes the flip encoding, applies fragment signs."""
     if config.mapping.baseline == "digital" and layout.scheme != "differential":

@@ -775,15 +775,9 @@ def _plot(rows, out_dir: Path, datasets) -> list[str]:
                 labels.append(f"{name}\nm={r['m']}")
                 pol.append((r["polarized_loss_points"], r["polarized_loss_ci_points"]))
                 dif.append((r["differential_loss_points"], r["differential_loss_ci_points"]))
-        x = np.arange(len(labels))
-        for offset, data, label in ((-0.2, pol, "polarized (FORMS)"),
-                                    (0.2, dif, "unpolarized, differential (PRIME-style)")):
-            values = np.array([v for v, _ in data])
-            err = np.array([[v - ci[0] for v, ci in data], [ci[1] - v for v, ci in data]])
-            axes[0].bar(x + offset, values, 0.4, yerr=err.reshape(2, len(data)), capsize=3,
-                        label=label)
+        _paired_bars(axes[0], labels, ((pol, "polarized (FORMS)"),
+                                       (dif, "unpolarized, differential (PRIME-style)")))
         axes[0].axhline(0, color="k", lw=0.5)
-        axes[0].set_xticks(x, labels, fontsize=7)
         axes[0].set_ylabel("accuracy loss (points)")
         axes[0].set_title(f"log-normal variation sigma {VARIATION_SIGMA} (95 % CI)", fontsize=9)
         axes[0].legend(fontsize=7)
@@ -793,18 +787,11 @@ def _plot(rows, out_dir: Path, datasets) -> list[str]:
                 labels.append(f"{name}\nm={r['m']}")
                 plain.append((r["plain_combined_acc"], r["plain_combined_ci"]))
                 aware.append((r["noise_aware_combined_acc"], r["noise_aware_combined_ci"]))
-        x = np.arange(len(labels))
-        for offset, data, label in ((-0.2, plain, "plain fine-tuning"),
-                                    (0.2, aware, "noise-aware fine-tuning")):
-            values = np.array([100 * v for v, _ in data])
-            err = np.array([[100 * (v - ci[0]) for v, ci in data],
-                            [100 * (ci[1] - v) for v, ci in data]])
-            axes[1].bar(x + offset, values, 0.4, yerr=err.reshape(2, len(data)), capsize=3,
-                        label=label)
+        _paired_bars(axes[1], labels, ((plain, "plain fine-tuning"),
+                                       (aware, "noise-aware fine-tuning")), scale=100)
         if plain:
             low = min(100 * ci[0] for _, ci in plain + aware)
             axes[1].set_ylim(max(0.0, low - 3), 100)
-        axes[1].set_xticks(x, labels, fontsize=7)
         axes[1].set_ylabel("test accuracy (%)")
         axes[1].set_title("combined noise (95 % CI over keys)", fontsize=9)
         axes[1].legend(fontsize=7, loc="lower right")
@@ -813,6 +800,20 @@ def _plot(rows, out_dir: Path, datasets) -> list[str]:
         plt.close(figure)
         written.append("noise.png")
     return written
+
+
+def _paired_bars(axis, labels, series, scale: float = 1.0) -> None:
+    """Two bars per label, side by side, with 95 % CI error bars: ``series`` is
+    ``((data, legend label), (data, legend label))``, each data a list of ``(value, [low,
+    high])`` per label; values and bounds are multiplied by ``scale``."""
+    x = np.arange(len(labels))
+    for offset, (data, label) in zip((-0.2, 0.2), series):
+        values = np.array([scale * v for v, _ in data])
+        err = np.array([[scale * (v - ci[0]) for v, ci in data],
+                        [scale * (ci[1] - v) for v, ci in data]])
+        axis.bar(x + offset, values, 0.4, yerr=err.reshape(2, len(data)), capsize=3,
+                 label=label)
+    axis.set_xticks(x, labels, fontsize=7)
 
 
 def report(rows, out_dir, quick) -> str:
