@@ -14,9 +14,14 @@ Typical use::
     outputs, counts = re.read(layer, inputs, key=jax.random.key(1))
 """
 
+from . import _xla_flags
+
+_xla_flags.apply_default()  # before JAX's CPU backend starts: see reram_emu/_xla_flags.py
+
 from .config import (ADCConfig, CellConfig, CrossbarConfig, CrossbarGeometry, DeviceConfig,
                      InputConfig, MappingConfig, NoiseParameters, WeightConfig, preset)
-from .crossbar import ProgrammedLayer, ReadCounts, ReadResult, program, read, read_integers
+from .crossbar import (ProgrammedLayer, ReadCounts, ReadResult, calibrate_adc,
+                       effective_weights, program, read, read_integers)
 from .mapping import MappedWeights, encode_weights, map_weights
 from .polarization import fragment_signs, is_polarized, project_polarized
 
@@ -26,6 +31,7 @@ __all__ = [
     "ADCConfig", "CellConfig", "CrossbarConfig", "CrossbarGeometry", "DeviceConfig",
     "InputConfig", "MappingConfig", "NoiseParameters", "WeightConfig", "preset",
     "ProgrammedLayer", "ReadCounts", "ReadResult", "program", "read", "read_integers",
+    "calibrate_adc", "effective_weights",
     "MappedWeights", "encode_weights", "map_weights",
     "fragment_signs", "is_polarized", "project_polarized",
 ]

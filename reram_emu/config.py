@@ -234,8 +234,9 @@ class ADCConfig:
           scale covers the fragment's worst-case column sum; nothing clips, resolution drops.
         ``"fixed"``: full scale ``full_scale_levels`` (default ``2**bits - 1``, i.e. an LSB of one
           level): sums above it clip.
-        ``"calibrated"``: the LSB is set from data by ``reram_emu.converters.calibrate_adc``;
-          until then it behaves as ``"worst_case"``.
+        ``"calibrated"``: the LSB is set from data by :func:`reram_emu.calibrate_adc` on the
+          programmed layer; until then the layer cannot be read (a ValueError outside ``jit``,
+          NaN outputs inside it), never silently at some other range.
       full_scale_levels: full scale in level units for ``"fixed"``.
       clip: saturate codes at the ends of the range (False: an unbounded ADC, for studies).
       noise_lsb: standard deviation of Gaussian input-referred noise per conversion, in LSB.
@@ -342,8 +343,11 @@ class NoiseParameters(NamedTuple):
 
     Passing one of these to ``program``/``read`` overrides the values in the configuration and
     compiles every noise path in, so ``jax.vmap`` over any field runs without recompiling.
-    ``wire_resistance_ohms`` sets both the word-line and bit-line wire resistance per segment
-    (ohms) when the configuration has wires (``CrossbarConfig.wires``); it is ignored otherwise.
+    ``wire_row_ohms`` and ``wire_col_ohms`` are the word-line and bit-line wire resistances per
+    cell segment (ohms), used when the configuration has wires (``CrossbarConfig.wires``) and
+    ignored otherwise; None keeps the configured value. :meth:`with_wire_resistance` sets both.
+    Values are checked (finite, sigmas >= 0, rates in [0, 1]) where they are concrete
+    (:func:`reram_emu.checks.check_noise`); traced values are the caller's responsibility.
     """
 
     variation_sigma: Any
@@ -352,7 +356,12 @@ class NoiseParameters(NamedTuple):
     stuck_off_rate: Any
     adc_noise_lsb: Any
     adc_offset_lsb: Any
-    wire_resistance_ohms: Any = None
+    wire_row_ohms: Any = None
+    wire_col_ohms: Any = None
+
+    def with_wire_resistance(self, ohms) -> "NoiseParameters":
+        """A copy whose word-line and bit-line wires both have ``ohms`` per segment."""
+        return self._replace(wire_row_ohms=ohms, wire_col_ohms=ohms)
 
 
 @dataclass(frozen=True)
@@ -394,6 +403,9 @@ class CrossbarConfig:
         _check_choice("dtype", self.dtype, ("float32", "float64"))
         if self.wires is not None and not isinstance(self.wires, WireConfig):
             raise TypeError(f"wires must be a WireConfig or None, got {type(self.wires).__name__}")
+        if self.mapping.scheme == "differential" and self.adc.bits < 2:
+            raise ValueError(f"the differential mapping needs a signed ADC of at least 2 bits "
+                             f"(sign and magnitude), got ADCConfig(bits={self.adc.bits})")
         if self.weight_slices * self.columns_per_slice > self.geometry.columns:
             raise ValueError(
                 f"one weight needs {self.weight_slices} slice columns but the crossbar has "
@@ -435,21 +447,28 @@ class CrossbarConfig:
         """The configured numeric non-idealities as scalars of the pipeline's dtype."""
         d, a = self.device, self.adc
         f = lambda v: jnp.asarray(v, self.float_dtype)  # noqa: E731
-        wire = self.wires.r_wire_row_ohms if self.wires is not None else 0.0
+        row, col = ((self.wires.r_wire_row_ohms, self.wires.r_wire_col_ohms)
+                    if self.wires is not None else (0.0, 0.0))
         return NoiseParameters(f(d.variation_sigma), f(d.read_noise_sigma), f(d.stuck_on_rate),
-                               f(d.stuck_off_rate), f(a.noise_lsb), f(a.offset_lsb), f(wire))
+                               f(d.stuck_off_rate), f(a.noise_lsb), f(a.offset_lsb), f(row),
+                               f(col))
 
 
 def _forms(fragment_rows: int = 8) -> CrossbarConfig:
     # FORMS (ISCA 2021): 128x128 crossbars, 2-bit cells, 8-bit weights in 4 adjacent cells,
     # 16-bit inputs fed 1 bit per cycle, fragment m rows, log2(m)+1-bit ADCs, zero-skipping.
+    # The paper does not say how a fragment's worst-case sum (m x 3 levels: 24 at m = 8) fits
+    # a log2(m)+1-bit ADC (15 codes). The default is the choice that keeps trained models
+    # accurate: an LSB of one level, sums above full scale clip (range="fixed"; rare with
+    # sparse bit planes and small weights). ADCConfig(range="worst_case") is the alternative
+    # (an LSB of two levels: nothing clips, but every sum loses its lowest bit).
     adc_bits = int(math.log2(fragment_rows)) + 1
     return CrossbarConfig(
         geometry=CrossbarGeometry(128, 128, fragment_rows),
         cell=CellConfig(bits_per_cell=2),
         weights=WeightConfig(bits=8),
         inputs=InputConfig(bits=16),
-        adc=ADCConfig(bits=adc_bits, range="worst_case"),
+        adc=ADCConfig(bits=adc_bits, range="fixed"),
         mapping=MappingConfig(scheme="polarized"),
         zero_skip=True,
     )
@@ -473,13 +492,16 @@ def _isaac() -> CrossbarConfig:
 def _prime() -> CrossbarConfig:
     # PRIME (ISCA 2016): 256x256 crossbars, all rows driven, positive and negative crossbars
     # subtracted in analog, 4-bit cells (8-bit weights as two 4-bit cells), 3-bit input DAC
-    # (6-bit inputs in two cycles), 6-bit sense-amplifier ADC.
+    # (6-bit inputs in two cycles), 6-bit sense-amplifier ADC. A column sums up to
+    # 256 x 15 x 7 levels, so a 6-bit ADC at its worst-case range (an LSB of 1024 levels) reads
+    # trained models at chance and one level per code clips most sums: the ADC range is
+    # calibrated from data (calibrate_adc on the programmed layer) before the first read.
     return CrossbarConfig(
         geometry=CrossbarGeometry(256, 256, 256),
         cell=CellConfig(bits_per_cell=4),
         weights=WeightConfig(bits=9),
         inputs=InputConfig(bits=6, dac_bits=3),
-        adc=ADCConfig(bits=6, range="worst_case"),
+        adc=ADCConfig(bits=6, range="calibrated"),
         mapping=MappingConfig(scheme="differential"),
         zero_skip=False,
     )
@@ -488,17 +510,27 @@ def _prime() -> CrossbarConfig:
 PRESETS = {"forms": _forms, "isaac": _isaac, "prime": _prime}
 
 
-def preset(name: str, **overrides) -> CrossbarConfig:
+def preset(name: str, *, signed_inputs: bool = False, **overrides) -> CrossbarConfig:
     """A configuration that reproduces a paper's design: ``"forms"``, ``"isaac"`` or ``"prime"``.
 
-    ``preset("forms", fragment_rows=4)`` gives FORMS at fragment 4 (with its 3-bit ADC); other
-    keyword arguments replace top-level fields of :class:`CrossbarConfig`.
+    ``preset("forms", fragment_rows=4)`` gives FORMS at fragment 4 (with its 3-bit ADC);
+    ``signed_inputs=True`` feeds two's complement inputs (bit-serial designs only: PRIME's
+    3-bit DAC takes unsigned inputs); other keyword arguments replace top-level fields of
+    :class:`CrossbarConfig`. Where a paper leaves a choice open the preset takes the one that
+    keeps trained models accurate (see each design's comment; ``docs`` in the README).
     """
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(CrossbarConfig)}
+    unknown = sorted(set(overrides) - fields - {"fragment_rows"})
+    if unknown:
+        raise TypeError(f"preset() got unknown keyword(s) {unknown}; allowed: fragment_rows "
+                        f"(FORMS), signed_inputs, and the CrossbarConfig fields {sorted(fields)}")
+    if not isinstance(signed_inputs, bool):
+        raise TypeError(f"signed_inputs must be a bool, got {signed_inputs!r}")
     if name == "forms":
         fragment_rows = overrides.pop("fragment_rows", 8)
-        if fragment_rows not in (2, 4, 8, 16, 32, 64, 128):
+        if fragment_rows not in (2, 4, 8, 16, 32, 64, 128) or isinstance(fragment_rows, bool):
             raise ValueError(f"FORMS fragment_rows must be a power of two <= 128, "
                              f"got {fragment_rows!r}")
         config = _forms(fragment_rows)
@@ -506,4 +538,12 @@ def preset(name: str, **overrides) -> CrossbarConfig:
         if "fragment_rows" in overrides:
             raise ValueError(f"preset {name!r} drives all rows; fragment_rows is FORMS-only")
         config = PRESETS[name]()
-    return config.replace(**overrides) if overrides else config
+    config = config.replace(**overrides) if overrides else config
+    if signed_inputs:
+        if config.inputs.dac_bits != 1:
+            raise ValueError(
+                f"signed_inputs needs a 1-bit DAC (two's complement, bit-serial); preset "
+                f"{name!r} has dac_bits={config.inputs.dac_bits}. Pass inputs=InputConfig("
+                f"bits={config.inputs.bits}, dac_bits=1, signed=True) to read it bit-serially")
+        config = config.replace(inputs=dataclasses.replace(config.inputs, signed=True))
+    return config

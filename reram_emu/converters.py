@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from .config import CrossbarConfig
 
-__all__ = ["code_range", "worst_case_input", "adc_lsb_levels", "convert", "calibrated_lsb"]
+__all__ = ["code_range", "worst_case_input", "worst_case_lsb_levels", "adc_lsb_levels", "convert",
+           "calibrated_lsb"]
 
 
 def code_range(config: CrossbarConfig) -> tuple[int, int]:
@@ -45,20 +46,30 @@ def worst_case_input(config: CrossbarConfig) -> float:
     return float(worst)
 
 
-def adc_lsb_levels(config: CrossbarConfig) -> float:
-    """The ADC's LSB in level units for the ``worst_case`` and ``fixed`` ranges.
+def worst_case_lsb_levels(config: CrossbarConfig) -> float:
+    """The smallest power-of-two LSB >= 1 (level units) with ``top_code * lsb >=`` the
+    fragment's worst-case sum: nothing clips, and the read is exact when the ADC has enough
+    bits (a shift in the digital back end)."""
+    _, top = code_range(config)
+    ratio = worst_case_input(config) / top
+    return float(2 ** max(0, math.ceil(math.log2(ratio)))) if ratio > 1 else 1.0
 
-    ``worst_case``: the smallest power of two >= 1 with ``top_code * lsb >= worst case`` (a shift
-    in the digital back end, and exact when the ADC has enough bits). ``fixed``:
-    ``full_scale_levels / top_code`` (default: one level per code). ``calibrated`` starts as
-    ``worst_case`` until :func:`calibrated_lsb` replaces it.
+
+def adc_lsb_levels(config: CrossbarConfig) -> float:
+    """The ADC's LSB in level units as programmed (before any calibration).
+
+    ``worst_case``: :func:`worst_case_lsb_levels`. ``fixed``: ``full_scale_levels / top_code``
+    (default: one level per code). ``calibrated``: NaN, the mark of an ADC whose range is still
+    to be set from data (:func:`reram_emu.crossbar.calibrate_adc`); reading such a layer raises
+    outside ``jit`` and gives NaN outputs inside it.
     """
     _, top = code_range(config)
     if config.adc.range == "fixed":
         full_scale = config.adc.full_scale_levels
         return 1.0 if full_scale is None else full_scale / top
-    ratio = worst_case_input(config) / top
-    return float(2 ** max(0, math.ceil(math.log2(ratio)))) if ratio > 1 else 1.0
+    if config.adc.range == "calibrated":
+        return math.nan
+    return worst_case_lsb_levels(config)
 
 
 def convert(adc_input: jax.Array, lsb, config: CrossbarConfig, noise_std_lsb=None,

@@ -77,7 +77,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import CrossbarConfig, CrossbarGeometry, InputConfig, preset
-from .converters import adc_lsb_levels, worst_case_input
+from .converters import worst_case_input, worst_case_lsb_levels
 from .mapping import ColumnLayout, column_layout
 from .polarization import fragment_signs, project_polarized
 from .quantization import quantize_weights
@@ -326,7 +326,7 @@ class DesignCost:
         """The ADC's LSB in cell levels with its worst-case range: 1 means every column sum is
         resolved exactly; more means the ADC is coarser than the analog sum (FORMS m=8: a
         fragment of 8 rows of 2-bit cells sums to 24, a 4-bit ADC codes 15)."""
-        return float(adc_lsb_levels(self.config))
+        return worst_case_lsb_levels(self.config)
 
     @property
     def worst_case_column_sum_levels(self) -> float:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .checks import check_key, check_noise, is_concrete
 from .config import CrossbarConfig, NoiseParameters
 from .converters import adc_lsb_levels, calibrated_lsb, convert
 from . import random_streams
@@ -83,12 +84,16 @@ class ReadCounts(NamedTuple):
       fragment_cycles_without_skip: the same without zero-skipping (batch x fragments x cycles).
       adc_conversions: conversions performed (``fragment_cycles`` x ADCs per fragment cycle).
       adc_conversions_without_skip: conversions without zero-skipping.
+      negative_inputs: input values below zero that an unsigned input configuration clipped to
+        0 (``read`` raises on them outside ``jit``; inside ``jit`` this count is the error
+        flag: nonzero means the layer needed ``InputConfig(signed=True)``).
     """
 
     fragment_cycles: jax.Array
     fragment_cycles_without_skip: jax.Array
     adc_conversions: jax.Array
     adc_conversions_without_skip: jax.Array
+    negative_inputs: jax.Array | int = 0
 
     @property
     def cycles_saved_fraction(self):
@@ -130,10 +135,10 @@ def analog_response(conductance: jax.Array, config: CrossbarConfig, layout: Colu
     data = layout.data_columns
     crossbars = ([(0, data), (data, 2 * data)] if layout.scheme == "differential"
                  else [(0, width)])
-    if noise is not None and noise.wire_resistance_ohms is not None:
-        r_row = r_col = noise.wire_resistance_ohms
-    else:
-        r_row, r_col = wires.r_wire_row_ohms, wires.r_wire_col_ohms
+    r_row, r_col = wires.r_wire_row_ohms, wires.r_wire_col_ohms
+    if noise is not None:  # traced overrides, each wire on its own
+        r_row = r_row if noise.wire_row_ohms is None else noise.wire_row_ohms
+        r_col = r_col if noise.wire_col_ohms is None else noise.wire_col_ohms
     responses = []
     for start, stop in crossbars:
         block = siemens[..., start:stop]
@@ -155,8 +160,15 @@ def program(mapped: MappedWeights, key: jax.Array | None = None,
             noise: NoiseParameters | None = None) -> ProgrammedLayer:
     """Program mapped weights: draw faults and device variation once from ``key``.
 
-    ``noise`` (traced scalars) overrides the configured device numbers for sweeps.
+    ``noise`` (traced scalars) overrides the configured device numbers for sweeps. With
+    ``ADCConfig(range="calibrated")`` the ADC's LSB starts as NaN: set it with
+    :func:`calibrate_adc` before reading.
     """
+    if not isinstance(mapped, MappedWeights):
+        raise TypeError(f"program() needs the MappedWeights of map_weights(weights, config), "
+                        f"got {type(mapped).__name__}")
+    check_key(key, "program key")
+    check_noise(noise)
     config = mapped.config
     conductance = program_conductance(mapped.levels, config.cell, config.device, key, noise)
     response = adc_response(analog_response(conductance, config, mapped.layout, noise),
@@ -238,12 +250,35 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
     product. One fragment per scan step is the fastest on CPU (benchmarks/bench_read.py: 4.9x
     faster clean and 4.8x faster with read noise than four fragments per step, measured).
     """
+    _validate_layer(layer)
+    _validate_batch(layer, x_int, "x_int")
+    check_key(key, "read key")
+    check_noise(noise)
+    low, high = _input_range(layer.config)
+    if is_concrete(x_int):
+        _validate_integers(np.asarray(x_int), low, high)
+    return _read_integers(layer, jnp.asarray(x_int), key, noise)
+
+
+def _input_range(config: CrossbarConfig) -> tuple[int, int]:
+    """The integer input range of the configuration (unsigned or two's complement)."""
+    bits = config.inputs.bits
+    if config.inputs.signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+def _read_integers(layer: ProgrammedLayer, x_int: jax.Array, key, noise) -> ReadResult:
+    """:func:`read_integers` after validation. Rows holding a value outside the input range
+    (possible only under ``jit``, where values are not checked) read as NaN."""
     config, layout = layer.config, layer.layout
     inputs = config.inputs
     m, fragments, cycles = layout.fragment_rows, layout.fragments, inputs.cycles
     tiles, data_columns = layout.column_tiles, layout.data_columns
     adc_width = layer.response.shape[-1]
     batch = x_int.shape[0]
+    low, high = _input_range(config)
+    in_range = jnp.all((x_int >= low) & (x_int <= high), axis=-1)
     x_int = _pad_axis(x_int.astype(jnp.int32), 1, fragments * m)
 
     if config.zero_skip:
@@ -319,6 +354,8 @@ def read_integers(layer: ProgrammedLayer, x_int: jax.Array, key: jax.Array | Non
         offset = 2.0 ** (config.weights.bits - 1)
         out = out - offset * acc_unit.reshape(chunks * chunk, tiles)[:batch, :, None]
     out = out.reshape(batch, layout.padded_out_features)[:, :layout.out_features]
+    # an uncalibrated ADC (NaN LSB) already gives NaN; out-of-range rows are marked here
+    out = jnp.where(in_range[:, None], out, jnp.nan)
     return ReadResult(out, _counts(needed, layout, cycles))
 
 
@@ -343,27 +380,74 @@ def _counts(needed: jax.Array, layout: ColumnLayout, cycles: int) -> ReadCounts:
     per_cycle = layout.column_tiles * layout.adc_inputs_per_tile
     run = jnp.sum(needed)
     full = jnp.asarray(needed.size * cycles, jnp.int32)
-    return ReadCounts(run, full, run * per_cycle, full * per_cycle)
+    return ReadCounts(run, full, run * per_cycle, full * per_cycle, jnp.zeros((), jnp.int32))
 
 
-def _validate_inputs(layer: ProgrammedLayer, x) -> None:
+def _validate_layer(layer) -> None:
+    if isinstance(layer, MappedWeights):
+        raise TypeError("this needs a ProgrammedLayer: program the mapped weights first "
+                        "(layer = program(mapped, key))")
     if not isinstance(layer, ProgrammedLayer):
         raise TypeError(f"layer must be a ProgrammedLayer (from program()), got "
                         f"{type(layer).__name__}")
+
+
+def _validate_batch(layer: ProgrammedLayer, x, name: str) -> None:
+    """Shape (batch >= 1, in_features) and a real dtype (values are checked by the callers)."""
+    if isinstance(x, (str, bytes)) or not hasattr(x, "shape") and not isinstance(
+            x, (list, tuple, np.ndarray)):
+        raise TypeError(f"{name} must be an array of shape (batch, {layer.layout.in_features}),"
+                        f" got {type(x).__name__}")
     shape = np.shape(x)
     if len(shape) != 2 or shape[1] != layer.layout.in_features:
-        raise ValueError(f"inputs must have shape (batch, {layer.layout.in_features}), "
-                         f"got {shape}")
+        raise ValueError(f"{name} must have shape (batch, {layer.layout.in_features}), "
+                         f"got {shape}" + ("; add a batch axis (x[None])" if len(shape) == 1
+                                           else ""))
     if shape[0] < 1:
-        raise ValueError("the input batch is empty")
-    if not isinstance(x, jax.core.Tracer):
+        raise ValueError(f"{name}: the input batch is empty (shape {shape})")
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(f"{name} must hold real numbers, got dtype {dtype}")
+
+
+def _validate_integers(array: np.ndarray, low: int, high: int) -> None:
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise TypeError(f"x_int must hold integers, got dtype {array.dtype} with "
+                            f"non-integer values; use read() for float inputs")
+    if array.size and (array.min() < low or array.max() > high):
+        raise ValueError(f"x_int values must lie in the configured input range [{low}, {high}]"
+                         f", got [{array.min()}, {array.max()}]")
+
+
+def _validate_inputs(layer: ProgrammedLayer, x, scale, check_adc: bool = True) -> None:
+    _validate_layer(layer)
+    _validate_batch(layer, x, "inputs")
+    signed = layer.config.inputs.signed
+    if is_concrete(x):
         array = np.asarray(x)
-        if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype,
-                                                                        np.complexfloating):
-            raise TypeError(f"inputs must be real numbers, got dtype {array.dtype}")
         if not np.all(np.isfinite(array)):
             raise ValueError(f"inputs contain {int(np.sum(~np.isfinite(array)))} NaN or "
                              f"infinite values; all must be finite")
+        if not signed and np.any(array < 0):
+            raise ValueError(
+                f"inputs hold {int(np.sum(array < 0))} negative values but the configuration "
+                f"reads unsigned inputs (they would clip to 0); use InputConfig(signed=True) "
+                f"(or preset(..., signed_inputs=True)) for signed activations")
+    if scale is not None:
+        batch = np.shape(x)[0]
+        if isinstance(scale, (str, bytes)) or np.shape(scale) not in ((), (batch, 1), (1, 1)):
+            raise ValueError(f"scale must be a scalar or shaped ({batch}, 1) (one input step "
+                             f"per batch row), got {np.shape(scale)}")
+        if is_concrete(scale):
+            values = np.asarray(scale, np.float64)
+            if not np.all(np.isfinite(values)) or np.any(values <= 0):
+                raise ValueError(f"scale (the input quantization step) must be finite and "
+                                 f"> 0, got {values.ravel()[:4]}")
+    if check_adc and is_concrete(layer.adc_lsb) and np.any(np.isnan(np.asarray(layer.adc_lsb))):
+        raise ValueError("this layer's ADC range is 'calibrated' but not set yet: call "
+                         "layer = calibrate_adc(layer, x_int) on a few batches first, or use "
+                         "ADCConfig(range='fixed' or 'worst_case')")
 
 
 def read(layer: ProgrammedLayer, x: jax.Array, key: jax.Array | None = None,
@@ -372,14 +456,27 @@ def read(layer: ProgrammedLayer, x: jax.Array, key: jax.Array | None = None,
 
     Inputs are quantized with ``scale`` (shape () or (B, 1)) or, by default, the configured
     dynamic scale; the integer result is rescaled by the input and weight scales.
+
+    Bad values raise outside ``jit`` (NaN or infinite inputs, negative inputs to an unsigned
+    configuration, a scale that is not > 0, an uncalibrated ADC). Inside ``jit`` values cannot
+    be checked, so they are propagated: a row with a non-finite input, a non-positive or
+    non-finite scale, or an uncalibrated ADC reads as NaN, and ``counts.negative_inputs``
+    counts negative inputs that an unsigned configuration clipped to 0.
     """
-    _validate_inputs(layer, x)
+    _validate_inputs(layer, x, scale)
+    check_key(key, "read key")
+    check_noise(noise)
     dtype = layer.config.float_dtype
     x = jnp.asarray(x, dtype)
     step = input_scale(x, layer.config.inputs) if scale is None else jnp.asarray(scale, dtype)
-    x_int = quantize_inputs(x, step, layer.config.inputs)
-    result = read_integers(layer, x_int, key, noise)
-    return ReadResult(result.outputs * step * layer.weight_scale, result.counts)
+    finite = jnp.all(jnp.isfinite(x), axis=-1, keepdims=True) & jnp.isfinite(step) & (step > 0)
+    x_int = quantize_inputs(jnp.where(finite, x, 0.0), jnp.where(finite, step, 1.0),
+                            layer.config.inputs)
+    result = _read_integers(layer, x_int, key, noise)
+    outputs = jnp.where(finite, result.outputs * step * layer.weight_scale, jnp.nan)
+    negative = (jnp.zeros((), jnp.int32) if layer.config.inputs.signed
+                else jnp.sum(x < 0, dtype=jnp.int32))
+    return ReadResult(outputs, result.counts._replace(negative_inputs=negative))
 
 
 def adc_inputs(layer: ProgrammedLayer, x_int: jax.Array) -> jax.Array:
@@ -402,6 +499,7 @@ def effective_weights(layer: ProgrammedLayer) -> jax.Array:
     for fast noise-aware training (a float matmul with the programmed weights) and for
     straight-through gradients of :func:`read`.
     """
+    _validate_layer(layer)
     config, layout = layer.config, layer.layout
     f, m, tiles, _ = layer.response.shape
     response = layer.response
@@ -423,13 +521,32 @@ def effective_weights(layer: ProgrammedLayer) -> jax.Array:
     return weights[:layout.in_features, :layout.out_features] * layer.weight_scale
 
 
-def calibrate_adc(layer: ProgrammedLayer, x_int: jax.Array,
-                  percentile: float = 99.99) -> ProgrammedLayer:
+def calibrate_adc(layer: ProgrammedLayer, x: jax.Array, percentile: float = 99.99, *,
+                  scale: jax.Array | None = None) -> ProgrammedLayer:
     """Set the ADC LSB from data (``ADCConfig(range="calibrated")``): the full scale covers
-    ``percentile`` % of the noise-free ADC inputs that the integer inputs ``x_int`` (B, K)
-    produce. Returns a new layer; reads then clip what lies above."""
+    ``percentile`` % of the noise-free ADC inputs that the inputs ``x`` (B, K) produce.
+
+    ``x`` of an integer dtype is taken as integer inputs (as :func:`read_integers`); a
+    floating ``x`` is quantized as :func:`read` would (``scale`` or the dynamic scale).
+    Returns a new layer; reads then clip what lies above the full scale."""
+    _validate_layer(layer)
+    _validate_batch(layer, x, "x")
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not (
+            0 < percentile <= 100):
+        raise ValueError(f"percentile must be a number in (0, 100], got {percentile!r}")
     if layer.config.adc.range != "calibrated":
         raise ValueError("calibrate_adc needs ADCConfig(range='calibrated'), got range="
                          f"{layer.config.adc.range!r}")
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    if np.issubdtype(dtype, np.integer):
+        if is_concrete(x):
+            _validate_integers(np.asarray(x), *_input_range(layer.config))
+        x_int = jnp.asarray(x)
+    else:
+        _validate_inputs(layer, x, scale, check_adc=False)
+        x = jnp.asarray(x, layer.config.float_dtype)
+        step = input_scale(x, layer.config.inputs) if scale is None else jnp.asarray(
+            scale, x.dtype)
+        x_int = quantize_inputs(x, step, layer.config.inputs)
     lsb = calibrated_lsb(adc_inputs(layer, x_int), layer.config, percentile)
     return dataclasses.replace(layer, adc_lsb=lsb)

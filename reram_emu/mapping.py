@@ -109,6 +109,10 @@ class MappedWeights:
         column as ``max_level - level`` for that fragment (offset scheme), else 0.
       integer_weights: (K, N), the quantized (and, if asked, projected) integer weights.
       weight_scale: () or (N,), ``weights ~= integer_weights * weight_scale``.
+      weights_zeroed: () int32, quantized weights the polarized mapping zeroed because they
+        oppose their fragment's sign (0 for polarized weights and the other schemes). Under
+        ``jit`` this is how a mapping says it changed the weights: check it (``map_weights``
+        rejects such weights outside ``jit`` unless ``on_violation="project"``).
       config, layout: static.
       report: the polarization damage when weights were projected (not part of the pytree).
     """
@@ -118,6 +122,7 @@ class MappedWeights:
     flipped: jax.Array
     integer_weights: jax.Array
     weight_scale: jax.Array
+    weights_zeroed: jax.Array
     config: CrossbarConfig
     layout: ColumnLayout
     report: PolarizationReport | None = None
@@ -125,7 +130,8 @@ class MappedWeights:
 
 jax.tree_util.register_dataclass(
     MappedWeights,
-    data_fields=["levels", "fragment_sign", "flipped", "integer_weights", "weight_scale"],
+    data_fields=["levels", "fragment_sign", "flipped", "integer_weights", "weight_scale",
+                 "weights_zeroed"],
     meta_fields=["config", "layout"], drop_fields=["report"])
 
 
@@ -154,8 +160,15 @@ def _pad_output_columns(values: jax.Array, layout: ColumnLayout) -> jax.Array:
 def encode_weights(weights: jax.Array, config: CrossbarConfig) -> MappedWeights:
     """Pure, jit-friendly mapping of (K, N) float weights; polarized weights are projected.
 
-    No validation here: use :func:`map_weights` at the API boundary.
+    No validation of values here (use :func:`map_weights` at the API boundary): weights that
+    break their fragment's sign are zeroed and counted in ``result.weights_zeroed``, the flag
+    to check under ``jit``; non-finite weights give a NaN ``weight_scale`` (NaN outputs).
     """
+    if not isinstance(config, CrossbarConfig):
+        raise TypeError(f"config must be a CrossbarConfig, got {type(config).__name__}")
+    if np.ndim(weights) != 2:
+        raise ValueError(f"weights must be a 2-D (in_features, out_features) matrix, got shape "
+                         f"{np.shape(weights)}")
     k, n = weights.shape
     layout = column_layout(config, k, n)
     scheme, m = config.mapping.scheme, layout.fragment_rows
@@ -164,9 +177,12 @@ def encode_weights(weights: jax.Array, config: CrossbarConfig) -> MappedWeights:
     integers, scale = quantize_weights(weights.astype(dtype), config.weights)
 
     sign = jnp.ones((layout.fragments, n), dtype)
+    zeroed = jnp.zeros((), jnp.int32)
     if scheme == "polarized":
         sign = fragment_signs(integers, m, "sum")
-        integers = project_polarized(integers, m, signs=sign)
+        projected = project_polarized(integers, m, signs=sign)
+        zeroed = jnp.sum(projected != integers, dtype=jnp.int32)
+        integers = projected
 
     fragments = fragment_view(integers, m)  # (F, m, N); padded rows are 0
     if scheme == "offset":
@@ -201,7 +217,7 @@ def encode_weights(weights: jax.Array, config: CrossbarConfig) -> MappedWeights:
     levels = jnp.concatenate(blocks, axis=-1)
     return MappedWeights(levels=levels, fragment_sign=_pad_output_columns(sign, layout),
                          flipped=flipped, integer_weights=integers, weight_scale=scale,
-                         config=config, layout=layout)
+                         weights_zeroed=zeroed, config=config, layout=layout)
 
 
 def _validate_weights(weights) -> jax.Array:

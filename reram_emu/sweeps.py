@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .checks import NOISE_RANGES
 from .config import CrossbarConfig, NoiseParameters
 
 __all__ = ["noise_grid", "noise_points", "sweep", "structure_of", "group_by_structure"]
@@ -42,6 +43,17 @@ def _check_field(name: str) -> None:
         raise ValueError(f"unknown noise parameter {name!r}; sweepable: {NUMERIC_FIELDS}")
 
 
+def _check_values(name: str, values: np.ndarray) -> None:
+    """Every value of field ``name`` finite and within :data:`reram_emu.checks.NOISE_RANGES`."""
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} values must be finite, got {values.tolist()[:8]}")
+    low, high = NOISE_RANGES[name]
+    if low is not None and np.any(values < low):
+        raise ValueError(f"{name} values must be >= {low}, got {values.tolist()[:8]}")
+    if high is not None and np.any(values > high):
+        raise ValueError(f"{name} values must be <= {high}, got {values.tolist()[:8]}")
+
+
 def noise_grid(config: CrossbarConfig, **axes: Sequence[float]) -> NoiseParameters:
     """The Cartesian product of the given values (other fields from ``config``).
 
@@ -53,10 +65,7 @@ def noise_grid(config: CrossbarConfig, **axes: Sequence[float]) -> NoiseParamete
         values = np.asarray(values, np.float64)
         if values.ndim != 1 or values.size == 0:
             raise ValueError(f"{name} must be a non-empty 1-D list of values")
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"{name} values must be finite")
-        if name != "adc_offset_lsb" and np.any(values < 0):
-            raise ValueError(f"{name} values must be >= 0")
+        _check_values(name, values)
     names = list(axes)
     product = list(itertools.product(*(np.asarray(axes[n], np.float64) for n in names)))
     return noise_points(config, [dict(zip(names, point)) for point in product])
@@ -68,11 +77,22 @@ def noise_points(config: CrossbarConfig, points: Sequence[dict[str, float]]) -> 
         raise ValueError("a sweep needs at least one point")
     base = _base_values(config)
     columns = {name: [] for name in NUMERIC_FIELDS}
-    for point in points:
-        for name in point:
+    for index, point in enumerate(points):
+        if not isinstance(point, dict):
+            raise TypeError(f"points[{index}] must be a dict field -> value, got "
+                            f"{type(point).__name__}")
+        for name, value in point.items():
             _check_field(name)
+            if isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0:
+                raise TypeError(f"points[{index}][{name!r}] must be a real number, got "
+                                f"{value!r}")
         for name in NUMERIC_FIELDS:
             columns[name].append(float(point.get(name, base[name])))
+    for name in NUMERIC_FIELDS:
+        _check_values(name, np.asarray(columns[name]))
+    stuck = np.asarray(columns["stuck_on_rate"]) + np.asarray(columns["stuck_off_rate"])
+    if np.any(stuck > 1.0):
+        raise ValueError("stuck_on_rate + stuck_off_rate must be <= 1 at every point")
     dtype = config.float_dtype
     return NoiseParameters(*(jnp.asarray(columns[name], dtype) for name in NUMERIC_FIELDS))
 
@@ -93,7 +113,28 @@ def sweep(evaluate: Callable[[NoiseParameters, jax.Array], Any], noise: NoisePar
       The metrics pytree with leading axes (points, R). One compilation per call signature:
       new values of the same number of points reuse it.
     """
-    points = int(np.shape(noise.variation_sigma)[0])
+    if not callable(evaluate):
+        raise TypeError(f"evaluate must be a function (noise, key) -> metrics, got "
+                        f"{type(evaluate).__name__}")
+    if not isinstance(noise, NoiseParameters):
+        raise TypeError(f"noise must be a batch of NoiseParameters (noise_points or "
+                        f"noise_grid), got {type(noise).__name__}")
+    shapes = {name: np.shape(value) for name, value in zip(NUMERIC_FIELDS, noise)
+              if value is not None}
+    if any(len(shape) != 1 for shape in shapes.values()) or len(set(shapes.values())) != 1:
+        raise ValueError(f"noise must be a batch of points, every field shaped (points,) "
+                         f"(noise_points or noise_grid build one), got shapes {shapes}; "
+                         f"for one point, evaluate it directly or use noise_points(config, "
+                         f"[{{}}])")
+    if not (hasattr(keys, "dtype") and jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+            and np.ndim(keys) == 1 and len(keys) >= 1):
+        raise ValueError(f"keys must be a (R,) array of typed jax.random keys "
+                         f"(jax.random.split(jax.random.key(0), R)), got "
+                         f"{type(keys).__name__} {getattr(keys, 'shape', '')}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or \
+            chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    points = int(next(iter(shapes.values()))[0])
     devices = list(jax.local_devices() if devices is None else devices)
     per_device = -(-points // len(devices))
     chunk = max(1, min(chunk_size, per_device))

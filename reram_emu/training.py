@@ -25,10 +25,13 @@ here (the gradient is straight-through; a gradient through the solver would repl
 
 Checkpoints: ``np.savez`` files (``<dir>/<phase>.npz``) with every leaf of the training state
 under its pytree path (``jax.tree_util.keystr``), plus ``__epoch__``, ``__step__``,
-``__seed__``, ``__done__`` and a JSON history; written atomically after every epoch. A run
-given the same directory resumes from the last completed epoch of the phase (the data order
-and the noise keys depend only on the seed, the epoch and the step, so a resumed run
-continues exactly as the uninterrupted one would).
+``__seed__``, ``__done__``, a JSON history and ``__provenance__`` (:func:`checkpoint_provenance`:
+the phase, the seed and a hash of the model, the configurations, the starting parameters and
+the data); written atomically after every epoch. A run given the same directory resumes from
+the last completed epoch of the phase (the data order and the noise keys depend only on the
+seed, the epoch and the step, so a resumed run continues exactly as the uninterrupted one
+would); a damaged checkpoint, or one another phase or configuration wrote, raises
+:class:`CheckpointError` naming the file.
 
 Evaluation: :func:`accuracy` (ideal float model), :func:`evaluate_emulated` (the full emulated
 read, vmapped over groups of noise keys and ``lax.map``-ped over the groups, mean and a 95 %
@@ -41,9 +44,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
@@ -62,7 +67,8 @@ __all__ = ["TrainConfig", "NoiseAware", "TrainState", "train", "polarize", "Pola
            "accuracy", "predict", "calibrate_input_scales", "layer_configs",
            "evaluate_emulated", "EmulatedEvaluation", "mean_ci", "difference_ci", "crossed_ci",
            "admm_phase", "finetune_phase",
-           "save_checkpoint", "load_checkpoint", "cross_entropy"]
+           "save_checkpoint", "load_checkpoint", "checkpoint_provenance",
+           "CheckpointError", "read_npz", "cross_entropy"]
 
 
 # --------------------------------------------------------------------------- configuration
@@ -147,50 +153,143 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------- checkpoints
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, not a checkpoint, or written by another
+    stage, seed or configuration. The message names the file and says what to do."""
+
+
 def _flatten(tree) -> dict[str, np.ndarray]:
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
+def _hashable(value):
+    """JSON stand-in of a dataclass (its fields) or an array (dtype, shape, sha256 of bytes)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        array = np.ascontiguousarray(value)
+        return [str(array.dtype), list(array.shape), hashlib.sha256(array.tobytes()).hexdigest()]
+    raise TypeError(f"cannot hash a {type(value).__name__} into a checkpoint's provenance")
+
+
+def checkpoint_provenance(stage: str, seed: int, **config) -> dict:
+    """What produced a checkpoint: ``{"stage", "seed", "config"}``, ``config`` the first 16
+    hex digits of the sha256 of the JSON of ``config`` (JSON values, dataclasses by their
+    fields, pytrees of arrays by their bytes). Give it to :func:`save_checkpoint` and, as
+    ``expect``, to :func:`load_checkpoint`."""
+    text = json.dumps(config, sort_keys=True, default=_hashable)
+    return {"stage": str(stage), "seed": int(seed),
+            "config": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def _describe(provenance) -> str:
+    provenance = provenance if isinstance(provenance, dict) else {"stage": provenance}
+    return (f"stage {provenance.get('stage')!r}, seed {provenance.get('seed')}, "
+            f"configuration {provenance.get('config')}")
+
+
 def save_checkpoint(path: str, state, *, epoch: int, step: int, seed: int, done: bool = False,
-                    history: list | None = None, extra: dict | None = None) -> None:
-    """Write ``state`` (any pytree) and the loop counters to ``path`` (.npz) atomically."""
+                    history: list | None = None, extra: dict | None = None,
+                    provenance: dict | None = None) -> None:
+    """Write ``state`` (any pytree) and the loop counters to ``path`` (.npz) atomically
+    (a temporary file in the same folder, flushed, fsync-ed, then renamed over ``path``).
+    ``provenance``: :func:`checkpoint_provenance` of what produced ``state``."""
     arrays = _flatten(state)
     arrays.update({"__epoch__": np.asarray(epoch), "__step__": np.asarray(step),
                    "__seed__": np.asarray(seed), "__done__": np.asarray(done),
                    "__history__": np.asarray(json.dumps(history or [])),
                    "__extra__": np.asarray(json.dumps(extra or {}))})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    if provenance is not None:
+        arrays["__provenance__"] = np.asarray(json.dumps(provenance))
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                         suffix=".tmp", delete=False)
+    try:
+        with handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+        raise
 
 
-def load_checkpoint(path: str, like) -> tuple[Any, dict]:
+def read_npz(path, required=(), redo: str = "delete it to recompute") -> dict:
+    """Every array of the .npz file ``path`` (``{name: array}``).
+
+    Raises CheckpointError naming the file and ``redo`` (what to do) when it is not an .npz
+    archive (empty, text), is damaged (truncated) or lacks an entry named in ``required``;
+    FileNotFoundError when it does not exist.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if head == b"PK\x03\x04":  # a zip archive, as np.savez writes
+            with np.load(path) as data:
+                stored = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # BadZipFile, EOFError, zlib.error, OSError ...: damaged
+        raise CheckpointError(f"{path} is damaged or not an .npz archive "
+                              f"({type(error).__name__}: {error}); {redo}") from error
+    if head != b"PK\x03\x04":
+        what = "an empty file" if not head else f"it begins with {head!r}"
+        raise CheckpointError(f"{path} is not an .npz archive ({what}); {redo}")
+    missing = [name for name in required if name not in stored]
+    if missing:
+        raise CheckpointError(f"{path} is damaged or another kind of file (no entry "
+                              f"{', '.join(missing)}); {redo}")
+    return stored
+
+
+def load_checkpoint(path: str, like, expect: dict | None = None) -> tuple[Any, dict]:
     """Read a checkpoint into the structure of ``like`` (a pytree of the same shape).
 
     Returns ``(state, meta)`` with meta ``{"epoch", "step", "seed", "done", "history",
-    "extra"}``. Raises ValueError when the stored leaves do not match ``like``.
+    "extra", "provenance"}`` (provenance None for a checkpoint saved without one).
+    ``expect``: the :func:`checkpoint_provenance` the checkpoint must carry.
+
+    Raises:
+      CheckpointError (a ValueError) naming the file, what is wrong and to delete it: the
+      file is damaged or not a checkpoint, it was written by another stage, seed or
+      configuration than ``expect`` (or without provenance while one is expected), or its
+      leaves do not match ``like``.
     """
-    with np.load(path) as data:
-        stored = {k: data[k] for k in data.files}
+    redo = "delete it to recompute"
+    stored = read_npz(path, ("__epoch__", "__step__", "__seed__", "__done__", "__history__",
+                             "__extra__"), redo)
+    try:
+        meta = {"epoch": int(stored["__epoch__"]), "step": int(stored["__step__"]),
+                "seed": int(stored["__seed__"]), "done": bool(stored["__done__"]),
+                "history": json.loads(str(stored["__history__"])),
+                "extra": json.loads(str(stored["__extra__"])),
+                "provenance": (json.loads(str(stored["__provenance__"]))
+                               if "__provenance__" in stored else None)}
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} is damaged ({error}); {redo}") from error
+    if expect is not None and meta["provenance"] is None:
+        raise CheckpointError(f"checkpoint {path} does not record what produced it (written "
+                              f"by an older reram_emu); {redo}")
+    if expect is not None and meta["provenance"] != expect:
+        raise CheckpointError(f"checkpoint {path} holds {_describe(meta['provenance'])}, but "
+                              f"{_describe(expect)} was expected (another stage, seed or "
+                              f"configuration); {redo}")
     leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
     values = []
     for key_path, leaf in leaves:
         name = jax.tree_util.keystr(key_path)
         if name not in stored:
-            raise ValueError(f"checkpoint {path} has no leaf {name}")
+            raise CheckpointError(f"checkpoint {path} has no leaf {name}; {redo}")
         value = stored[name]
         if np.shape(value) != np.shape(leaf):
-            raise ValueError(f"checkpoint leaf {name} has shape {np.shape(value)}, "
-                             f"expected {np.shape(leaf)}")
+            raise CheckpointError(f"checkpoint {path}: leaf {name} has shape "
+                                  f"{np.shape(value)}, expected {np.shape(leaf)}; {redo}")
         values.append(jnp.asarray(value, dtype=jnp.asarray(leaf).dtype))
-    state = jax.tree_util.tree_unflatten(treedef, values)
-    meta = {"epoch": int(stored["__epoch__"]), "step": int(stored["__step__"]),
-            "seed": int(stored["__seed__"]), "done": bool(stored["__done__"]),
-            "history": json.loads(str(stored["__history__"])),
-            "extra": json.loads(str(stored["__extra__"]))}
-    return state, meta
+    return jax.tree_util.tree_unflatten(treedef, values), meta
 
 
 # --------------------------------------------------------------------------- training
@@ -306,8 +405,11 @@ def train(model: Model, params: dict, data, config: TrainConfig, *, phase: str =
                        signs=signs if phase == "finetune" else None,
                        masks=masks if phase == "finetune" else None)
     start_epoch, step, history = 0, 0, []
+    provenance = None if checkpoint is None else checkpoint_provenance(
+        phase, config.seed, model=model, config=config, admm=admm, noise_aware=noise_aware,
+        start=params, data=[list(x_train.shape), y_train])
     if checkpoint is not None and os.path.exists(checkpoint):
-        state, meta = load_checkpoint(checkpoint, state)
+        state, meta = load_checkpoint(checkpoint, state, expect=provenance)
         start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
         log(f"[{phase}] resumed from {checkpoint} at epoch {start_epoch} (step {step})")
         if meta["done"]:
@@ -359,10 +461,11 @@ def train(model: Model, params: dict, data, config: TrainConfig, *, phase: str =
         log(f"[{phase}] epoch {epoch + 1}/{config.epochs}{extras} ({record['seconds']} s)")
         if checkpoint is not None:
             save_checkpoint(checkpoint, state, epoch=epoch + 1, step=step, seed=config.seed,
-                            done=epoch + 1 == config.epochs, history=history)
+                            done=epoch + 1 == config.epochs, history=history,
+                            provenance=provenance)
     if checkpoint is not None and config.epochs == start_epoch:
         save_checkpoint(checkpoint, state, epoch=config.epochs, step=step, seed=config.seed,
-                        done=True, history=history)
+                        done=True, history=history, provenance=provenance)
     return state, history
 
 
@@ -600,6 +703,87 @@ class EmulatedEvaluation(NamedTuple):
     correct: np.ndarray | None = None
 
 
+def _check_emulated_arguments(model, params, x, y, config, keys, seed, noise, batch_size,
+                              keys_per_vmap, trim_columns):
+    """Validate :func:`evaluate_emulated`'s arguments; returns (configs per layer, keys)."""
+    from .checks import check_noise
+    from .polarization import polarization_violations
+    from .quantization import quantize_weights
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a reram_emu.models.Model, got {type(model).__name__}")
+    names = model.layer_names
+    if not isinstance(params, dict) or set(params) != set(names):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"params must hold the model's layers {list(names)}, got {got}")
+    if isinstance(config, CrossbarConfig):
+        configs = layer_configs(model, config, trim_columns)
+    elif isinstance(config, dict):
+        missing = [n for n in names if n not in config]
+        unknown = [n for n in config if n not in names]
+        if missing or unknown:
+            raise ValueError(f"a per-layer config needs exactly the model's layers "
+                             f"{list(names)}: missing {missing}, unknown {unknown}")
+        for name, value in config.items():
+            if not isinstance(value, CrossbarConfig):
+                raise TypeError(f"config[{name!r}] must be a CrossbarConfig, got "
+                                f"{type(value).__name__}")
+        configs = dict(config)
+    else:
+        raise TypeError(f"config must be a CrossbarConfig or a dict layer name -> "
+                        f"CrossbarConfig, got {type(config).__name__}")
+    for name, value in (("seed", seed), ("batch_size", batch_size),
+                        ("keys_per_vmap", keys_per_vmap)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (
+                0 if name == "seed" else 1):
+            raise ValueError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, "
+                             f"got {value!r}")
+    if keys is None:
+        keys = 1
+    if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
+        if keys < 1:
+            raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of "
+                             f"jax.random keys, got {keys}")
+        keys = jax.random.split(jax.random.key(int(seed)), int(keys))
+    elif not (hasattr(keys, "dtype") and jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+              and keys.ndim == 1 and keys.shape[0] >= 1):
+        raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of typed "
+                         f"jax.random keys (jax.random.split(jax.random.key(0), n)), got "
+                         f"{type(keys).__name__} {getattr(keys, 'shape', '')}")
+    check_noise(noise)
+    x_shape, y_shape = np.shape(x), np.shape(y)
+    if len(y_shape) != 1:
+        raise ValueError(f"y must be integer class labels of shape (N,), got shape {y_shape}"
+                         + ("; for one-hot labels pass y.argmax(-1)" if len(y_shape) == 2
+                            else ""))
+    if not np.issubdtype(np.asarray(y).dtype, np.integer):
+        raise TypeError(f"y must hold integer class labels, got dtype {np.asarray(y).dtype}")
+    if len(x_shape) < 2 or x_shape[0] != y_shape[0] or x_shape[0] == 0:
+        raise ValueError(f"need x (N, ...) and y (N,) with N >= 1 alike, got {x_shape} and "
+                         f"{y_shape}")
+    labels = np.asarray(y)
+    if labels.min() < 0 or labels.max() >= model.num_classes:
+        raise ValueError(f"labels must lie in [0, {model.num_classes - 1}], got "
+                         f"[{labels.min()}, {labels.max()}]")
+    if not np.all(np.isfinite(np.asarray(x, np.float64))):
+        raise ValueError("x contains NaN or infinite values")
+    for name in names:
+        layer = configs[name]
+        if layer.mapping.scheme != "polarized" or layer.mapping.on_violation == "project":
+            continue
+        w = np.asarray(params[name]["w"], np.float32)
+        w = w.reshape(-1, w.shape[-1])
+        integers, _ = quantize_weights(jnp.asarray(w), layer.weights)
+        report = polarization_violations(integers, layer.geometry.fragment_rows, "sum")
+        if report.fragments_broken:
+            raise ValueError(
+                f"layer {name!r}: {report.fragments_broken} of {report.fragments} fragments "
+                f"(fragment_rows={layer.geometry.fragment_rows}) are not polarized, so the "
+                f"FORMS mapping would zero {report.weights_zeroed} weights; polarize the model "
+                f"(training.polarize) or pass a config with MappingConfig(on_violation="
+                f"'project') to read the projected weights")
+    return configs, keys
+
+
 def evaluate_emulated(model: Model, params: dict, x, y, config: CrossbarConfig | dict, *,
                       keys: int | jax.Array | None = None, seed: int = 0,
                       noise: NoiseParameters | None = None, scales: dict | None = None,
@@ -620,12 +804,8 @@ def evaluate_emulated(model: Model, params: dict, x, y, config: CrossbarConfig |
       scales: fixed input steps per layer (:func:`calibrate_input_scales`); None: dynamic.
     """
     t0 = time.perf_counter()
-    configs = (layer_configs(model, config, trim_columns) if isinstance(config, CrossbarConfig)
-               else dict(config))
-    if keys is None:
-        keys = 1
-    if isinstance(keys, int):
-        keys = jax.random.split(jax.random.key(seed), keys)
+    configs, keys = _check_emulated_arguments(model, params, x, y, config, keys, seed, noise,
+                                              batch_size, keys_per_vmap, trim_columns)
     n_keys = keys.shape[0]
     group = max(1, min(keys_per_vmap, n_keys))
     n_groups = -(-n_keys // group)

@@ -161,7 +161,12 @@ def test_polarize_pipeline_on_digits(trained_mlp, digits, tmp_path):
                                    scales=scales, batch_size=450)
     assert emulated.mean >= float_acc - 0.03
     # the unpolarized model projected at programming loses much more
-    unpolarized = T.evaluate_emulated(model, params, digits.x_test, digits.y_test, emulator,
+    with pytest.raises(ValueError, match="not polarized"):  # never projected silently
+        T.evaluate_emulated(model, params, digits.x_test, digits.y_test, emulator,
+                            scales=scales, batch_size=450)
+    projecting = emulator.replace(mapping=dataclasses.replace(emulator.mapping,
+                                                              on_violation="project"))
+    unpolarized = T.evaluate_emulated(model, params, digits.x_test, digits.y_test, projecting,
                                       scales=scales, batch_size=450)
     assert unpolarized.mean < emulated.mean - 0.05
     # with the checkpoints in place, a rerun resumes both phases and ends where it ended

@@ -121,11 +121,13 @@ def forms_reference(x_int, integer_weights, m, lsb, top, bits_per_cell=2, slices
 
 
 def test_forms_adc_error_matches_worst_case_arithmetic():
-    """FORMS preset: fragment 8, 2-bit cells, 4-bit ADC. The worst-case column sum is
-    8 * 3 = 24 > 15, so the worst-case range uses an LSB of 2 levels: every conversion rounds
-    to an even level and nothing clips."""
-    config = rx.preset("forms")
+    """FORMS preset (fragment 8, 2-bit cells, 4-bit ADC) with the worst-case ADC range, the
+    alternative to the preset's fixed range. The worst-case column sum is 8 * 3 = 24 > 15, so
+    the worst-case range uses an LSB of 2 levels: every conversion rounds to an even level and
+    nothing clips."""
+    config = rx.preset("forms").replace(adc=ADCConfig(bits=4, range="worst_case"))
     assert adc_lsb_levels(config) == 2.0
+    assert adc_lsb_levels(rx.preset("forms")) == 1.0  # the preset: one level per code
     rng = np.random.default_rng(4)
     w = polarized_weights(rng, 40, 6, 8)
     mapped = rx.map_weights(w, config)
@@ -278,7 +280,8 @@ def test_effective_weights_decode_the_programmed_array(scheme, flip, baseline):
 def test_calibrated_adc_range_from_data():
     from reram_emu.crossbar import adc_inputs, calibrate_adc
     rng = np.random.default_rng(11)
-    base = rx.preset("prime").replace(mapping=MappingConfig(scheme="differential"))
+    base = rx.preset("prime").replace(mapping=MappingConfig(scheme="differential"),
+                                      adc=ADCConfig(bits=6, range="worst_case"))
     x = rng.integers(0, 64, size=(32, 200))
     w = rng.normal(size=(200, 16))
     worst = rx.program(rx.map_weights(w, base))

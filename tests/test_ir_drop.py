@@ -144,7 +144,7 @@ def test_ir_drop_lowers_currents_and_sweeps_over_wire_resistance():
 
     def error(resistance):
         traces.append(1)
-        noise = config.noise_parameters()._replace(wire_resistance_ohms=resistance)
+        noise = config.noise_parameters().with_wire_resistance(resistance)
         out = rx.read_integers(rx.program(mapped, jax.random.key(0), noise), x).outputs
         return jnp.linalg.norm(out - exact) / jnp.linalg.norm(exact)
 

@@ -73,7 +73,8 @@ def test_group_by_structure():
     configs = [rx.preset("forms").replace(device=DeviceConfig(variation_sigma=s))
                for s in (0.0, 0.1)]
     configs.append(rx.preset("forms", fragment_rows=4))
-    configs.append(rx.preset("forms").replace(adc=ADCConfig(bits=4, noise_lsb=0.5)))
+    configs.append(rx.preset("forms").replace(adc=ADCConfig(bits=4, range="fixed",
+                                                            noise_lsb=0.5)))
     groups = group_by_structure(configs)
     assert [indices for _, indices, _ in groups] == [[0, 1, 3], [2]]
     np.testing.assert_allclose(groups[0][2].variation_sigma, [0, 0.1, 0])

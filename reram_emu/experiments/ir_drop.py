@@ -21,7 +21,7 @@ Studies (the ``study`` field of a point):
   factorization per fragment.
 * ``layer``: the read pipeline (:func:`reram_emu.read_integers` with
   ``CrossbarConfig(wires=WireConfig(...))``, the wire resistance swept by
-  ``NoiseParameters.wire_resistance_ohms`` under ``jax.vmap``): a random layer polarized over 16
+  ``NoiseParameters.with_wire_resistance`` under ``jax.vmap``): a random layer polarized over 16
   rows (2R x R/4 on two R x R tiles, R = 128 full, 32 quick; 8-bit weights in four 2-bit cells;
   8-bit inputs from the digits images) on FORMS at m = 4, 8, 16, with the preset's ADC
   (``log2(m)+1`` bits, worst-case range) and with an ideal ADC; error of the outputs against
@@ -53,6 +53,7 @@ from reram_emu.converters import adc_lsb_levels
 from reram_emu.crossbar import adc_inputs
 from reram_emu.datasets import load_dataset
 from reram_emu.quantization import input_scale, quantize_inputs
+from reram_emu.training import read_npz
 
 NAME = "ir_drop"
 DESCRIPTION = ("bit-line current and layer output error from IR drop vs array size, wire "
@@ -292,7 +293,8 @@ def layer_config(rows: int, m: int, adc: str, wires: WireConfig | None) -> rx.Cr
         return config.replace(adc=IDEAL_ADC)
     if adc != "preset":
         raise ValueError(f"adc must be 'preset' or 'ideal', got {adc!r}")
-    return config
+    # the study's "preset ADC" is the worst-case range (the FORMS preset's default when it ran)
+    return config.replace(adc=ADCConfig(bits=config.adc.bits, range="worst_case"))
 
 
 def layer_errors(weights, x_int, rows: int, m: int, adc: str, wire_ohms) -> dict:
@@ -303,7 +305,7 @@ def layer_errors(weights, x_int, rows: int, m: int, adc: str, wire_ohms) -> dict
       x_int: (B, K) integer inputs (8-bit).
       rows, m, adc: see :func:`layer_config`.
       wire_ohms: wire resistances per segment (ohms, word and bit lines), swept through
-        ``NoiseParameters.wire_resistance_ohms``.
+        ``NoiseParameters.with_wire_resistance``.
 
     Returns (arrays over ``wire_ohms``): ``relative_error`` of the outputs against the exact
     integer product ``x_int @ integer_weights``; ``vs_ideal_wires``: against the same design
@@ -321,7 +323,7 @@ def layer_errors(weights, x_int, rows: int, m: int, adc: str, wire_ohms) -> dict
     # program eagerly under vmap: the circuit solver's own jit is compiled once per crossbar
     # shape and reused by every design; the read is one vmapped, jitted call
     layers = jax.vmap(lambda value: rx.program(
-        mapped, jax.random.key(0), base._replace(wire_resistance_ohms=value)))(r)
+        mapped, jax.random.key(0), base.with_wire_resistance(value)))(r)
     outputs = jax.jit(jax.vmap(lambda layer: rx.read_integers(layer, x_int).outputs))(layers)
 
     def relative(a, b):
@@ -473,7 +475,8 @@ def _plot_heat_map(path_in: Path, path_out: Path) -> bool:
 
     if not path_in.exists():
         return False
-    saved = np.load(path_in)
+    saved = read_npz(path_in, ("loss", "fragment", "r_wire_ohms"),
+                     redo="rerun without --resume to recompute it")
     loss, m, r = saved["loss"], int(saved["fragment"]), float(saved["r_wire_ohms"])
     n = loss.shape[1]
     titles = ["all rows driven", f"rows 0..{m - 1} driven (the fragment farthest from the "
@@ -725,7 +728,7 @@ def report(rows, out_dir, quick) -> str:
                 for d in designs}
         lines.append(
             f"- Through the read pipeline ({2 * n_layer} x {n_layer // 4} polarized layer on two "
-            f"{n_layer} x {n_layer} tiles, digits inputs, `NoiseParameters.wire_resistance_ohms` "
+            f"{n_layer} x {n_layer} tiles, digits inputs, `NoiseParameters.with_wire_resistance` "
             "swept under `jax.vmap`), with an ideal ADC the output error is "
             + ", ".join(f"{_percent(e)} at {r:g} ohm" for e, r in zip(ideal[designs[0]],
                                                                      layer_ohms))

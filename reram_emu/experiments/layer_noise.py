@@ -43,14 +43,14 @@ def design_config(name: str) -> rx.CrossbarConfig:
     if name.startswith("FORMS"):
         m = int(name.split("m=")[1].split(",")[0])
         config = rx.preset("forms", fragment_rows=m)
-        if "clipping" in name:
-            config = config.replace(adc=ADCConfig(bits=config.adc.bits, range="fixed"))
+        config = config.replace(adc=ADCConfig(bits=config.adc.bits, range="fixed" if "clipping"
+                                              in name else "worst_case"))
         return config.replace(inputs=InputConfig(bits=8))
     if name == "ISAAC":
         return rx.preset("isaac").replace(inputs=InputConfig(bits=8))
     config = rx.preset("prime")
-    if "calibrated" in name:
-        config = config.replace(adc=ADCConfig(bits=6, range="calibrated"))
+    config = config.replace(adc=ADCConfig(bits=6, range="calibrated" if "calibrated" in name
+                                          else "worst_case"))
     return config
 
 

@@ -167,13 +167,17 @@ def forms(m: int, device: DeviceConfig | None = None, adc_noise: float = 0.0) ->
     """FORMS at fragment ``m`` as this study reads it (:func:`trained.forms_config`: 2-bit
     cells, 8-bit weights, 8-bit bit-serial inputs, ``log2(m) + 1``-bit ADC with an LSB of one
     level that clips above its full scale), with ``device`` non-idealities and ``adc_noise``
-    (LSB). The emulated read programs through :func:`reram_emu.mapping.encode_weights`, which
-    zeroes opposite-sign weights (what ``on_violation="project"`` does): that is how the
-    unpolarized model is forced onto the mapping; :func:`reram_emu.admm.check_polarized` with
-    this config applies the strict ``on_violation="error"`` mapping."""
+    (LSB). Its mapping is strict (``on_violation="error"``): the emulated evaluation refuses
+    unpolarized weights, and :func:`projecting` forces the unpolarized model onto it."""
     config = trained.forms_config(m)
     config = config.replace(adc=dataclasses.replace(config.adc, noise_lsb=float(adc_noise)))
     return config if device is None else config.replace(device=device)
+
+
+def projecting(config: CrossbarConfig) -> CrossbarConfig:
+    """``config`` whose polarized mapping zeroes opposite-sign weights instead of rejecting
+    them (``on_violation="project"``): how the unpolarized baseline is forced onto FORMS."""
+    return config.replace(mapping=dataclasses.replace(config.mapping, on_violation="project"))
 
 
 def differential(m: int, device: DeviceConfig | None = None) -> CrossbarConfig:
@@ -188,7 +192,8 @@ def forms_worst_case(m: int) -> CrossbarConfig:
     """The FORMS preset's own ADC range: full scale at the worst-case fragment sum (an LSB of
     two levels at m = 4, 8, 16: nothing clips, half the resolution), 8-bit inputs."""
     config = preset("forms", fragment_rows=m)
-    return config.replace(inputs=trained.forms_config(m).inputs)
+    return config.replace(inputs=trained.forms_config(m).inputs,
+                          adc=ADCConfig(bits=config.adc.bits, range="worst_case"))
 
 
 VARIATION = DeviceConfig(variation="lognormal", variation_sigma=VARIATION_SIGMA)
@@ -423,7 +428,8 @@ class Context:
         clean = self.clean_read(name, m)
         base_ok = self.float_correct(name, base, s.eval_images)
         drop = T.crossed_ci(base_ok.astype(float) - clean.correct[0])
-        forced = self.emulate(name, base, forms(m), s.forced_images)  # projected at programming
+        forced = self.emulate(name, base, projecting(forms(m)),  # projected at programming
+                              s.forced_images)
         base_forced = base_ok[:forced.images]
         loss = T.crossed_ci(base_forced.astype(float) - forced.correct[0])
         reports = admm_lib.polarization_reports(model.weights(base), m, "sum")

@@ -3,6 +3,9 @@
 :func:`digits_mlp` trains the float MLP on scikit-learn's digits and polarizes a copy per
 fragment size with the ADMM polarizer (:func:`reram_emu.training.polarize`), checkpointing each
 phase as ``.npz`` under ``work_dir``: a second call (or ``--resume``) loads instead of training.
+Every checkpoint records its stage, seed and a hash of what produced it
+(:func:`reram_emu.training.checkpoint_provenance`); one that is damaged or holds another stage
+or configuration raises :class:`reram_emu.training.CheckpointError` naming it.
 The settings are the ones of ``experiments/polarize`` (digits MLP); ``quick`` shortens the
 polarizer's phases.
 """
@@ -88,17 +91,22 @@ def digits_mlp(work_dir: str | os.PathLike, fragment_rows=(4, 8, 16), *, seed: i
     polarized, polarized_accuracy = {}, {}
     for m in fragment_rows:
         final = work / f"polarized_m{m}.npz"  # written after the polarizer's own check passed
+        admm_m, polarize_config = (dataclasses.replace(admm, fragment_rows=int(m)),
+                                   dataclasses.replace(POLARIZE, seed=seed))
+        provenance = training.checkpoint_provenance(
+            f"polarized m={int(m)}", seed, model=model, admm=admm_m, config=polarize_config,
+            start=float_params, check=forms_config(int(m)))
         if final.exists():
-            polarized[int(m)] = training.load_checkpoint(str(final), initial)[0]
+            polarized[int(m)] = training.load_checkpoint(str(final), initial,
+                                                         expect=provenance)[0]
         else:
             result = training.polarize(
-                model, float_params, data, dataclasses.replace(admm, fragment_rows=int(m)),
-                dataclasses.replace(POLARIZE, seed=seed),
+                model, float_params, data, admm_m, polarize_config,
                 checkpoint_dir=str(work / f"admm_m{m}"), log=log,
                 check_config=forms_config(int(m)))
             polarized[int(m)] = result.params
             training.save_checkpoint(str(final), result.params, epoch=0, step=0, seed=seed,
-                                     done=True)
+                                     done=True, provenance=provenance)
         polarized_accuracy[int(m)] = training.accuracy(model, polarized[int(m)], data.x_test,
                                                        data.y_test)
     return TrainedModels(model, data, float_params, polarized,
