@@ -354,3 +354,61 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="layer 'w1'.*unsigned"):
         g = analog(plain_mlp, IDEAL, signed_inputs=False)
         g.apply(g.program(params, x), params, x - 0.5)
+
+
+def test_evaluate_accuracy_equals_evaluate_emulated_on_the_package_model():
+    from reram_emu.datasets import load_dataset
+    from reram_emu.models import mlp
+    from reram_emu.nn import evaluate_accuracy
+    from reram_emu.training import evaluate_emulated
+    data = load_dataset("digits", flatten=True)
+    x, y = data.x_test[:150], data.y_test[:150]
+    model = mlp((64, 32, 10))
+    params = model.init(jax.random.key(0))
+    keys = jax.random.split(jax.random.key(5), 2)
+    before = evaluate_emulated(model, params, x, y, NOISY, keys=keys, batch_size=64)
+    f = analog(model.apply, NOISY, nonnegative_inputs=True)
+    after = evaluate_accuracy(f, params, x, y, keys=keys, batch_size=64)
+    np.testing.assert_array_equal(after.correct, before.correct)
+    assert after.images == 150 and after.ci_low <= after.mean <= after.ci_high
+    with pytest.raises(ValueError, match="one-hot"):
+        evaluate_accuracy(f, params, x, np.eye(10)[y], keys=keys)
+    with pytest.raises(ValueError, match="keys must be"):
+        evaluate_accuracy(f, params, x, y, keys=-1)
+    strict = analog(model.apply, re.preset("forms"), nonnegative_inputs=True)
+    with pytest.raises(ValueError, match="oppose their fragment's sign"):
+        evaluate_accuracy(strict, params, x, y)
+
+
+@pytest.mark.parametrize("row_order", ["channel", "width"])
+def test_weight_view_round_trip_and_polarized_projection(row_order):
+    from reram_emu import admm
+    model = CNN()
+    x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 2))
+    params = model.init(jax.random.key(1), x)
+    f = analog(model.apply, re.preset("forms"), nonnegative_inputs=True, row_order=row_order)
+    view = f.weight_view(params, x)
+    matrices = view.get(params)
+    assert {k: v.shape for k, v in matrices.items()} == {
+        "params/Conv_0/kernel": (18, 6), "params/Conv_1/kernel": (54, 8),
+        "params/Dense_0/kernel": (32, 10)}
+    for a, b in zip(jax.tree_util.tree_leaves(view.put(params, matrices)),
+                    jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the view is the mapping's matrix: projecting it polarizes the model for the FORMS read
+    with pytest.raises(ValueError, match="oppose"):
+        f.program(params, x)
+    projected, _, _ = admm.hard_projection(matrices, admm.ADMMConfig(fragment_rows=8))
+    polarized = view.put(params, admm.quantize_weights_dict(projected))
+    state = f.program(polarized, x)
+    assert all(int(v) == 0 for v in state.weights_zeroed.values())
+    assert np.all(np.asarray(polarized["params"]["Dense_0"]["bias"])
+                  == np.asarray(params["params"]["Dense_0"]["bias"]))
+    with pytest.raises(ValueError, match="no crossbar layer named"):
+        view.put(params, {"params/Conv_9/kernel": matrices["params/Conv_0/kernel"]})
+
+    def scaled(params, x):  # a weight computed from two leaves cannot be written back
+        return x @ (params["w"] * params["s"])
+    g = analog(scaled, IDEAL, nonnegative_inputs=True)
+    with pytest.raises(ValueError, match="through arithmetic"):
+        g.weight_view({"w": jnp.ones((8, 4)), "s": jnp.ones((8, 4))}, jnp.ones((2, 8)))

@@ -6,10 +6,13 @@
 * :func:`crossbar_matmul` (:mod:`reram_emu.nn.op`): the one weight-stationary crossbar
   product all of it uses, in the modes ``"float"``, ``"digital"``, ``"emulated"`` and
   ``"noise_aware"``; :func:`program_weights` programs a weight matrix once.
+* :func:`evaluate_accuracy` (:mod:`reram_emu.nn.evaluate`): accuracy over noise keys with
+  confidence intervals, each key programmed once and read for every batch.
 """
 
 from .op import MODES, CrossbarProduct, crossbar_matmul, program_weights
-from .transform import Analog, AnalogState, LayerInfo, analog
+from .transform import Analog, AnalogState, LayerInfo, WeightView, analog
+from .evaluate import evaluate_accuracy, program_and_read_keys
 
-__all__ = ["analog", "Analog", "AnalogState", "LayerInfo", "crossbar_matmul", "program_weights",
-           "CrossbarProduct", "MODES"]
+__all__ = ["analog", "Analog", "AnalogState", "LayerInfo", "WeightView", "crossbar_matmul", "program_weights",
+           "CrossbarProduct", "MODES", "evaluate_accuracy", "program_and_read_keys"]

@@ -39,6 +39,8 @@ _KEEP_NONNEGATIVE = {
     "dot_general", "conv_general_dilated", "min", "sqrt", "rsqrt", "reduce_precision",
     "sharding_constraint", "optimization_barrier", "floor", "ceil", "round", "stop_gradient",
 }
+_LAYOUT = {"transpose", "reshape", "squeeze", "expand_dims", "convert_element_type", "copy",
+           "copy_p"}
 _ALWAYS_NONNEGATIVE = {"abs", "exp", "exp2", "logistic", "square", "sign_abs", "iota",
                        "argmax", "argmin", "population_count"}
 
@@ -58,6 +60,8 @@ class Site:
       nonnegative: the input is provably >= 0 (unsigned crossbar inputs suffice).
       unsupported: why the product cannot be mapped as it is (None when it can).
       weight_operand: 0 when the weight is the left operand, 1 when the right.
+      stored: the weight is one parameter leaf as stored, up to transposes and reshapes (so
+        its (K, N) matrix can be written back into the leaf: :meth:`Analog.weight_view`).
     """
 
     key: tuple
@@ -70,6 +74,7 @@ class Site:
     nonnegative: bool
     unsupported: str | None
     weight_operand: int
+    stored: bool = True
 
 
 @dataclass
@@ -79,6 +84,7 @@ class _Info:
     data: bool            # depends on a data input
     origin: frozenset     # parameter leaves it is computed from
     nonnegative: bool
+    stored: bool = False  # a parameter leaf up to transposes and reshapes
 
 
 def _literal_nonnegative(value) -> bool:
@@ -157,7 +163,7 @@ def find_sites(closed_jaxpr, param_paths: list[str], n_params: int,
     leaves (paths ``param_paths``) and the rest data inputs (``nonnegative_data`` declares
     which of them are >= 0)."""
     jaxpr = closed_jaxpr.jaxpr
-    infos = [_Info(False, frozenset([i]), False) for i in range(n_params)]
+    infos = [_Info(False, frozenset([i]), False, True) for i in range(n_params)]
     infos += [_Info(True, frozenset(), bool(nn)) for nn in nonnegative_data]
     consts = [_Info(False, frozenset(), _literal_nonnegative(c)) for c in closed_jaxpr.consts]
     found: list[tuple] = []
@@ -168,12 +174,13 @@ def find_sites(closed_jaxpr, param_paths: list[str], n_params: int,
         counts[path] = counts.get(path, 0) + 1
     seen: dict[str, int] = {}
     sites = []
-    for key, origin, primitive, k, n, r, nonneg, unsupported, side in found:
+    for key, origin, primitive, k, n, r, nonneg, unsupported, side, stored in found:
         path = _path(origin, param_paths)
         index = seen.get(path, 0)
         seen[path] = index + 1
         name = path if counts[path] == 1 else f"{path}#{index}"
-        sites.append(Site(key, path, name, primitive, k, n, r, nonneg, unsupported, side))
+        sites.append(Site(key, path, name, primitive, k, n, r, nonneg, unsupported, side,
+                          stored))
     return sites
 
 
@@ -219,14 +226,15 @@ def _walk(jaxpr, const_infos, in_infos, prefix, found):
             if side is not None:
                 k, n, r, unsupported = _gemm_shape(eqn, side)
                 found.append((key, ins[side].origin, name, k, n, r,
-                              ins[1 - side].nonnegative, unsupported, side))
+                              ins[1 - side].nonnegative, unsupported, side,
+                              ins[side].stored and len(ins[side].origin) == 1))
         elif data and any(not i.data and i.origin for i in ins) and any(
                 _has_products(sub) for sub in _sub_jaxprs(eqn)):
             # a loop or branch (scan, while, cond) that multiplies data by a parameter
             params = frozenset().union(*[i.origin for i in ins if not i.data])
             found.append((key, params, name, 0, 0, 0, False,
                           f"a product inside `{name}` (loops and branches are not "
-                          f"transformed: unroll the loop or keep the layer digital)", 1))
+                          f"transformed: unroll the loop or keep the layer digital)", 1, False))
         if name in _ALWAYS_NONNEGATIVE:
             nonneg = True
         elif name == "max":
@@ -241,8 +249,9 @@ def _walk(jaxpr, const_infos, in_infos, prefix, found):
             nonneg = all(i.nonnegative for i in ins)
         else:
             nonneg = False
+        stored = (name in _LAYOUT and len(ins) == 1 and ins[0].stored)
         for var in eqn.outvars:
-            env[var] = _Info(data, origin, nonneg)
+            env[var] = _Info(data, origin, nonneg, stored)
     return [read(v) for v in jaxpr.outvars]
 
 

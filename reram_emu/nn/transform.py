@@ -52,7 +52,7 @@ from ..layers import layer_config
 from . import _trace
 from .op import MODES, check_mode, crossbar_matmul, program_weights
 
-__all__ = ["analog", "Analog", "AnalogState", "LayerInfo"]
+__all__ = ["analog", "Analog", "AnalogState", "LayerInfo", "WeightView"]
 
 ROW_ORDERS = ("channel", "width")
 
@@ -97,6 +97,33 @@ class LayerInfo:
     nonnegative: bool
     config: CrossbarConfig | None
     row_order: str
+
+
+class WeightView:
+    """The crossbar weight matrices of a model's parameters, by layer name, and back.
+
+    ``get(params)`` gives ``{name: (K, N)}`` in the mapping's row order (what the crossbars
+    store, what the polarizer constrains); ``put(params, matrices)`` writes matrices back into
+    a copy of ``params`` (layers not given keep theirs). Both are pure and jit-friendly, and
+    ``put(p, get(p))`` is ``p`` exactly: each weight is one parameter leaf up to transposes
+    and reshapes. Made by :meth:`Analog.weight_view`.
+    """
+
+    def __init__(self, names, get_leaves, put_leaves, split):
+        self.names = tuple(names)
+        self._get, self._put, self._split = get_leaves, put_leaves, split
+
+    def get(self, params) -> dict:
+        _, leaves, _, _ = _split(params)
+        return self._get(leaves)
+
+    def put(self, params, matrices: Mapping) -> Any:
+        unknown = sorted(set(matrices) - set(self.names))
+        if unknown:
+            raise ValueError(f"no crossbar layer named {unknown}; the layers are "
+                             f"{list(self.names)}")
+        _, leaves, rebuild, _ = _split(params)
+        return rebuild(self._put(leaves, dict(matrices)))
 
 
 def _is_array(leaf) -> bool:
@@ -330,6 +357,56 @@ class Analog:
 
         ``args`` may be arrays or ``jax.ShapeDtypeStruct`` (only shapes are used)."""
         return self._plan(params, args, kwargs)[0].infos
+
+    def weight_view(self, params, *args, **kwargs) -> WeightView:
+        """A :class:`WeightView` of the crossbar layers (the digital ones left out).
+
+        Raises ValueError for a layer whose weight is computed from the parameters (other
+        than by transposes and reshapes) or shared by several products: its matrix cannot be
+        written back into one leaf."""
+        plan, p_leaves, d_leaves = self._plan(params, args, kwargs)
+        active = list(plan.active.values())
+        leaf_of = {}
+        for _, site, _, _ in active:
+            if not site.stored or "#" in site.name:
+                why = ("is used by several products" if "#" in site.name else
+                       "reaches its product through arithmetic, not as stored")
+                raise ValueError(f"parameter {site.path!r} {why}, so its crossbar matrix "
+                                 f"cannot be written back into it; keep it digital "
+                                 f"(layers={{{site.path!r}: None}}) or use it as stored")
+        sites = {k: v[1] for k, v in plan.active.items()}
+        n_data = len(d_leaves)
+        closed = plan.closed_jaxpr
+
+        def get_leaves(leaves):
+            out = {}
+
+            def handler(site, eqn, x, w):
+                order = plan.active[site.key][3]
+                out[site.name] = _trace.site_matrices(eqn, site, None, w, order)[1]
+                return None
+            _trace.evaluate(closed, list(leaves) + [None] * n_data, sites, handler)
+            return out
+
+        structs = [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in p_leaves]
+        transpose = jax.linear_transpose(get_leaves, structs)
+        probe = jax.eval_shape(get_leaves, structs)
+        for name, struct in probe.items():
+            leaf_of[name] = struct
+
+        def put_leaves(leaves, matrices):
+            full = {name: matrices.get(name, jnp.zeros(s.shape, s.dtype))
+                    for name, s in leaf_of.items()}
+            written = transpose(full)[0]
+            touched = transpose({name: jnp.ones(s.shape, s.dtype) if name in matrices
+                                 else jnp.zeros(s.shape, s.dtype)
+                                 for name, s in leaf_of.items()})[0]
+            return [jnp.where(t > 0, new, old).astype(jnp.result_type(old))
+                    if jnp.shape(t) == jnp.shape(old) else old
+                    for old, new, t in zip(leaves, written, touched)]
+
+        return WeightView([site.name for _, site, _, _ in active], get_leaves, put_leaves,
+                          _split)
 
     def program(self, params, *args, key: jax.Array | None = None,
                 noise: NoiseParameters | None = None, **kwargs) -> AnalogState:
