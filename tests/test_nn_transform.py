@@ -412,3 +412,26 @@ def test_weight_view_round_trip_and_polarized_projection(row_order):
     g = analog(scaled, IDEAL, nonnegative_inputs=True)
     with pytest.raises(ValueError, match="through arithmetic"):
         g.weight_view({"w": jnp.ones((8, 4)), "s": jnp.ones((8, 4))}, jnp.ones((2, 8)))
+
+
+def test_polarize_any_model_equinox_on_digits():
+    from reram_emu.admm import ADMMConfig, check_polarized
+    from reram_emu.datasets import load_dataset
+    from reram_emu.nn import evaluate_accuracy, polarize
+    data = load_dataset("digits", flatten=True)
+    mlp = eqx.nn.MLP(64, 10, 32, 1, key=jax.random.key(0))
+    apply = lambda m, x: jax.vmap(m)(x)  # noqa: E731
+    f = analog(apply, re.preset("forms"), nonnegative_inputs=True)
+    result = polarize(f, mlp, data.x_train, data.y_train,
+                      ADMMConfig(fragment_rows=8, epochs=8, finetune_epochs=6),
+                      learning_rate=3e-3, log=None)
+    view = f.weight_view(result.params, jnp.asarray(data.x_test[:4]))
+    assert check_polarized(view.get(result.params), 8, re.preset("forms"))
+    assert set(result.zeroed_fraction) == {"layers/0/weight", "layers/1/weight"}
+    # masked fine-tuning kept every projected zero at zero
+    for name, mask in result.masks.items():
+        assert np.all(np.asarray(view.get(result.params)[name])[np.asarray(mask) == 0] == 0)
+    float_acc = float(np.mean(np.argmax(apply(result.params, data.x_test), -1) == data.y_test))
+    emulated = evaluate_accuracy(f, result.params, data.x_test, data.y_test).mean
+    assert float_acc > 0.6
+    assert abs(emulated - float_acc) <= 0.01

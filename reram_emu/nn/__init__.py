@@ -8,11 +8,15 @@
   ``"noise_aware"``; :func:`program_weights` programs a weight matrix once.
 * :func:`evaluate_accuracy` (:mod:`reram_emu.nn.evaluate`): accuracy over noise keys with
   confidence intervals, each key programmed once and read for every batch.
+* :func:`polarize` (:mod:`reram_emu.nn.polarize`): the ADMM polarizer for any parameter
+  pytree, its pull and fine-tuning masks as optax transformations.
 """
 
 from .op import MODES, CrossbarProduct, crossbar_matmul, program_weights
 from .transform import Analog, AnalogState, LayerInfo, WeightView, analog
 from .evaluate import evaluate_accuracy, program_and_read_keys
+from .polarize import PolarizedModel, admm_pull, polarize, polarized_masks
 
 __all__ = ["analog", "Analog", "AnalogState", "LayerInfo", "WeightView", "crossbar_matmul", "program_weights",
-           "CrossbarProduct", "MODES", "evaluate_accuracy", "program_and_read_keys"]
+           "CrossbarProduct", "MODES", "evaluate_accuracy", "program_and_read_keys", "polarize", "admm_pull",
+           "polarized_masks", "PolarizedModel"]

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..checks import check_noise
 from ..training import EmulatedEvaluation, mean_ci
-from .transform import Analog
+from .transform import Analog, split_arrays
 
 __all__ = ["evaluate_accuracy", "program_and_read_keys"]
 
@@ -50,14 +50,15 @@ def _keys(keys, seed):
     return keys
 
 
-@partial(jax.jit, static_argnums=(0,))
-def _program(f: Analog, params, example, key, noise):
+@partial(jax.jit, static_argnums=(0, 1))
+def _program(f: Analog, skeleton, arrays, example, key, noise):
     program_key, _ = program_and_read_keys(key)
-    return f.program(params, example, key=program_key, noise=noise)
+    return f.program(skeleton.rebuild(arrays), example, key=program_key, noise=noise)
 
 
-@partial(jax.jit, static_argnums=(0,))
-def _batch_correct(f: Analog, state, params, key, index, xb, yb, noise):
+@partial(jax.jit, static_argnums=(0, 1))
+def _batch_correct(f: Analog, skeleton, state, arrays, key, index, xb, yb, noise):
+    params = skeleton.rebuild(arrays)
     _, read_key = program_and_read_keys(key)
     logits = f.apply(state, params, xb, read_key=jax.random.fold_in(read_key, index),
                      noise=noise)
@@ -111,10 +112,12 @@ def evaluate_accuracy(f: Analog, params, x, y, *, keys=None, seed: int = 0, nois
     strict = {info.name for info in f.layers(params, example) if info.config is not None
               and info.config.mapping.scheme == "polarized"
               and info.config.mapping.on_violation == "error"}
+    arrays, skeleton = split_arrays(params)
     labels = np.asarray(y, np.int32)
     correct = np.zeros((keys.shape[0], n), bool)
     for k in range(keys.shape[0]):
-        state = _program(f, params, example, keys[k], noise) if needs_state else None
+        state = (_program(f, skeleton, arrays, example, keys[k], noise) if needs_state
+                 else None)
         for name in sorted(strict if state is not None else ()):
             zeroed = int(state.weights_zeroed[name])
             if zeroed:
@@ -133,7 +136,7 @@ def evaluate_accuracy(f: Analog, params, x, y, *, keys=None, seed: int = 0, nois
                 xb = np.concatenate([xb, np.zeros((batch_size - valid,) + xb.shape[1:],
                                                   xb.dtype)])
                 yb = np.concatenate([yb, np.full(batch_size - valid, -1, np.int32)])
-            hits = _batch_correct(f, state, params, keys[k], b, jnp.asarray(xb),
+            hits = _batch_correct(f, skeleton, state, arrays, keys[k], b, jnp.asarray(xb),
                                   jnp.asarray(yb), noise)
             correct[k, i:i + valid] = np.asarray(hits)[:valid]
     accuracies = correct.mean(axis=1)

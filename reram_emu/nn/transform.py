@@ -159,6 +159,34 @@ def _split(tree):
     return [paths[i] for i in dynamic], [leaves[i] for i in dynamic], rebuild, (treedef, static)
 
 
+class Skeleton:
+    """The static part of a pytree (its structure and non-array leaves), hashable, so a
+    ``jax.jit`` can take it as a static argument and rebuild the tree from its array leaves:
+    ``skeleton.rebuild(arrays)``. From :func:`split_arrays`."""
+
+    def __init__(self, static):
+        self.treedef, self.leaves = static
+        self._key = _static_key(static)
+
+    def rebuild(self, arrays):
+        fixed = dict(self.leaves)
+        values = iter(arrays)
+        full = [fixed[i] if i in fixed else next(values) for i in range(self.treedef.num_leaves)]
+        return jax.tree_util.tree_unflatten(self.treedef, full)
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, Skeleton) and self._key == other._key
+
+
+def split_arrays(tree):
+    """``(arrays, skeleton)``: the array leaves of ``tree`` (a list) and its :class:`Skeleton`."""
+    _, leaves, _, static = _split(tree)
+    return leaves, Skeleton(static)
+
+
 def _static_key(static):
     treedef, leaves = static
     try:
