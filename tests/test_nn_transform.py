@@ -435,3 +435,21 @@ def test_polarize_any_model_equinox_on_digits():
     emulated = evaluate_accuracy(f, result.params, data.x_test, data.y_test).mean
     assert float_acc > 0.6
     assert abs(emulated - float_acc) <= 0.01
+
+
+def test_fit_noise_aware_flax_cnn_lowers_the_loss():
+    from reram_emu.nn import fit
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (128, 12, 12, 2)).astype(np.float32)
+    y = (x[..., 0].mean((1, 2)) > 0.5).astype(np.int32)
+    model = CNN()
+    params = model.init(jax.random.key(1), x[:2])
+    f = analog(model.apply, NOISY, mode="noise_aware", nonnegative_inputs=True)
+    trained, history = fit(f, params, x, y, 3e-3, 3, batch_size=32, noise_aware=True, log=None)
+    losses = [h["train_loss"] for h in history]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert jax.tree_util.tree_structure(trained) == jax.tree_util.tree_structure(params)
+    with pytest.raises(ValueError, match="mode='noise_aware'"):
+        fit(analog(model.apply, NOISY), params, x, y, 1e-3, 1, noise_aware=True)
+    with pytest.raises(ValueError, match="one-hot"):
+        fit(f, params, x, np.eye(2)[y], 1e-3, 1)

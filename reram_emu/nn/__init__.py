@@ -8,6 +8,7 @@
   ``"noise_aware"``; :func:`program_weights` programs a weight matrix once.
 * :func:`evaluate_accuracy` (:mod:`reram_emu.nn.evaluate`): accuracy over noise keys with
   confidence intervals, each key programmed once and read for every batch.
+* :func:`fit` (:mod:`reram_emu.nn.train`): training in float or noise-aware on crossbars.
 * :func:`polarize` (:mod:`reram_emu.nn.polarize`): the ADMM polarizer for any parameter
   pytree, its pull and fine-tuning masks as optax transformations.
 """
@@ -15,8 +16,9 @@
 from .op import MODES, CrossbarProduct, crossbar_matmul, program_weights
 from .transform import Analog, AnalogState, LayerInfo, WeightView, analog
 from .evaluate import evaluate_accuracy, program_and_read_keys
+from .train import cross_entropy, fit
 from .polarize import PolarizedModel, admm_pull, polarize, polarized_masks
 
 __all__ = ["analog", "Analog", "AnalogState", "LayerInfo", "WeightView", "crossbar_matmul", "program_weights",
            "CrossbarProduct", "MODES", "evaluate_accuracy", "program_and_read_keys", "polarize", "admm_pull",
-           "polarized_masks", "PolarizedModel"]
+           "polarized_masks", "PolarizedModel", "fit", "cross_entropy"]

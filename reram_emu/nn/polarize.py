@@ -27,7 +27,8 @@ import numpy as np
 import optax
 
 from .. import admm as admm_lib
-from .transform import Analog, WeightView, _split
+from .train import check_training_data, cross_entropy, fit
+from .transform import Analog, WeightView
 
 __all__ = ["AdmmPullState", "admm_pull", "polarized_masks", "polarize", "PolarizedModel"]
 
@@ -122,88 +123,40 @@ class PolarizedModel(NamedTuple):
     zeroed_fraction: dict
 
 
-def _cross_entropy(logits, labels):
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], -1))
-
-
 def polarize(f: Analog, params, x_train, y_train, admm: admm_lib.ADMMConfig, *,
              learning_rate: float = 1e-3, batch_size: int = 64, seed: int = 0,
              noise_aware: bool = False, steps_per_epoch: int | None = None,
-             loss: Callable = _cross_entropy, log: Callable[[str], None] | None = print
+             loss: Callable = cross_entropy, log: Callable[[str], None] | None = print
              ) -> PolarizedModel:
     """Polarize a classifier ``f(params, x) -> logits`` at ``admm.fragment_rows``.
 
     ``admm.epochs`` epochs of Adam with :func:`admm_pull`, the hard projection, then
     ``admm.finetune_epochs`` epochs with :func:`polarized_masks`, then ``admm.weight_bits``
-    quantization and the check. The forward is the float function (``f.apply_fn``) or, with
-    ``noise_aware``, ``f`` itself in the noise-aware mode (fresh programming per step).
-    Raises RuntimeError if the result is not exactly polarized.
+    quantization and the check (:func:`reram_emu.nn.fit` runs each phase). The forward is
+    the float function (``f.apply_fn``) or, with ``noise_aware``, ``f`` itself in the
+    noise-aware mode (fresh programming per step). Raises RuntimeError if the result is not
+    exactly polarized.
     """
-    x_train, y_train = np.asarray(x_train), np.asarray(y_train, np.int32)
-    if x_train.shape[0] != y_train.shape[0] or y_train.ndim != 1:
-        raise ValueError(f"need x_train (N, ...) and integer labels y_train (N,), got "
-                         f"{x_train.shape} and {y_train.shape}")
-    log = log or (lambda message: None)
-    example = jnp.asarray(x_train[:batch_size])
-    view = f.weight_view(params, example)
-    n_steps = x_train.shape[0] // batch_size
-    if n_steps < 1:
-        raise ValueError(f"batch_size {batch_size} exceeds the {x_train.shape[0]} examples")
-    if steps_per_epoch is not None:
-        n_steps = min(n_steps, steps_per_epoch)
-    forward = (f if noise_aware and f.mode == "noise_aware" else None)
-    if noise_aware and forward is None:
-        raise ValueError("noise_aware=True needs f made with analog(..., mode='noise_aware')")
-
-    # optimize the array leaves only (Equinox models hold functions too); the view reads and
-    # writes the same list of leaves
-    _, leaves, rebuild, _ = _split(params)
-
-    def logits_of(p, xb, key):
-        if forward is None:
-            return f.apply_fn(rebuild(p), xb)
-        program_key, read_key = jax.random.split(key)
-        return forward(rebuild(p), xb, program_key=program_key, read_key=read_key)
-
-    def run(p, optimizer, epochs, phase):
-        opt_state = optimizer.init(p)
-
-        @jax.jit
-        def step(p, opt_state, xb, yb, key):
-            value, grads = jax.value_and_grad(lambda q: loss(logits_of(q, xb, key), yb))(p)
-            updates, opt_state = optimizer.update(grads, opt_state, p)
-            return optax.apply_updates(p, updates), opt_state, value
-
-        history = []
-        base = jax.random.key(seed)
-        for epoch in range(epochs):
-            order = np.random.default_rng([seed, epoch, len(phase)]).permutation(len(x_train))
-            losses = []
-            for i in range(n_steps):
-                idx = order[i * batch_size:(i + 1) * batch_size]
-                key = jax.random.fold_in(jax.random.fold_in(base, epoch), i)
-                p, opt_state, value = step(p, opt_state, x_train[idx], y_train[idx], key)
-                losses.append(value)
-            record = {"phase": phase, "epoch": epoch + 1,
-                      "train_loss": float(np.mean(jax.device_get(losses)))}
-            history.append(record)
-            log(f"[{phase}] epoch {epoch + 1}/{epochs} loss={record['train_loss']:.4g}")
-        return p, opt_state, history
-
+    options = dict(batch_size=batch_size, seed=seed, noise_aware=noise_aware,
+                   steps_per_epoch=steps_per_epoch, loss=loss, log=log)
+    n_steps = check_training_data(x_train, y_train, batch_size, steps_per_epoch)
+    view = f.weight_view(params, jnp.asarray(np.asarray(x_train[:batch_size])))
     per_epoch = max(1, admm.updates_per_epoch)
     pull = admm_pull(view, admm, update_every=max(1, n_steps // per_epoch),
                      sign_every=admm.sign_every * n_steps)
-    p, _, history = run(list(leaves), optax.chain(optax.adam(learning_rate), pull), admm.epochs,
-                        "admm")
+    p, history = fit(f, params, x_train, y_train,
+                     optax.chain(optax.adam(learning_rate), pull), admm.epochs, phase="admm",
+                     **options)
     projected, signs, masks = admm_lib.hard_projection(view.get(p), admm)
     zeroed = {name: float(1.0 - jnp.mean(masks[name])) for name in masks}
     p = view.put(p, projected)
     lr = admm.finetune_learning_rate or learning_rate
-    p, _, more = run(p, optax.chain(optax.adam(lr), polarized_masks(view, signs, masks,
-                                                                     admm.fragment_rows)),
-                     admm.finetune_epochs, "finetune")
+    p, more = fit(f, p, x_train, y_train,
+                  optax.chain(optax.adam(lr), polarized_masks(view, signs, masks,
+                                                              admm.fragment_rows)),
+                  admm.finetune_epochs, phase="finetune", **options)
     if admm.weight_bits is not None:
         p = view.put(p, admm_lib.quantize_weights_dict(view.get(p), admm.weight_bits))
     if not admm_lib.check_polarized(view.get(p), admm.fragment_rows):
         raise RuntimeError("the polarized weights violate the fragment constraint")
-    return PolarizedModel(rebuild(p), signs, masks, history + more, zeroed)
+    return PolarizedModel(p, signs, masks, history + more, zeroed)
