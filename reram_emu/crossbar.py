@@ -420,6 +420,21 @@ def _validate_integers(array: np.ndarray, low: int, high: int) -> None:
                          f", got [{array.min()}, {array.max()}]")
 
 
+def _validate_scale_type(scale) -> None:
+    """``scale`` is a real number or a real array (its shape and values are checked after)."""
+    if isinstance(scale, (str, bytes, bool)):
+        raise TypeError(f"scale must be a real number or array (the input quantization step), "
+                        f"got {type(scale).__name__} {scale!r:.60}")
+    try:
+        dtype = scale.dtype if hasattr(scale, "dtype") else np.asarray(scale).dtype
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"scale must be a real number or array (the input quantization step), "
+                        f"got {type(scale).__name__}") from error
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise TypeError(f"scale must be a real number or array (the input quantization step), "
+                        f"got {type(scale).__name__} of dtype {dtype}")
+
+
 def _validate_inputs(layer: ProgrammedLayer, x, scale, check_adc: bool = True) -> None:
     _validate_layer(layer)
     _validate_batch(layer, x, "inputs")
@@ -436,7 +451,8 @@ def _validate_inputs(layer: ProgrammedLayer, x, scale, check_adc: bool = True) -
                 f"(or preset(..., signed_inputs=True)) for signed activations")
     if scale is not None:
         batch = np.shape(x)[0]
-        if isinstance(scale, (str, bytes)) or np.shape(scale) not in ((), (batch, 1), (1, 1)):
+        _validate_scale_type(scale)
+        if np.shape(scale) not in ((), (batch, 1), (1, 1)):
             raise ValueError(f"scale must be a scalar or shaped ({batch}, 1) (one input step "
                              f"per batch row), got {np.shape(scale)}")
         if is_concrete(scale):

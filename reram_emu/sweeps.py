@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .checks import NOISE_RANGES
+from .checks import NOISE_RANGES, is_concrete
 from .config import CrossbarConfig, NoiseParameters
 
 __all__ = ["noise_grid", "noise_points", "sweep", "structure_of", "group_by_structure"]
@@ -43,15 +43,43 @@ def _check_field(name: str) -> None:
         raise ValueError(f"unknown noise parameter {name!r}; sweepable: {NUMERIC_FIELDS}")
 
 
-def _check_values(name: str, values: np.ndarray) -> None:
-    """Every value of field ``name`` finite and within :data:`reram_emu.checks.NOISE_RANGES`."""
+def _check_values(name: str, values: np.ndarray, label: str | None = None) -> None:
+    """Every value of field ``name`` finite and within :data:`reram_emu.checks.NOISE_RANGES`
+    (``label``: how the message names the field, default ``name``)."""
+    label = name if label is None else label
     if not np.all(np.isfinite(values)):
-        raise ValueError(f"{name} values must be finite, got {values.tolist()[:8]}")
+        raise ValueError(f"{label} values must be finite, got {values.tolist()[:8]}")
     low, high = NOISE_RANGES[name]
     if low is not None and np.any(values < low):
-        raise ValueError(f"{name} values must be >= {low}, got {values.tolist()[:8]}")
+        raise ValueError(f"{label} values must be >= {low}, got {values.tolist()[:8]}")
     if high is not None and np.any(values > high):
-        raise ValueError(f"{name} values must be <= {high}, got {values.tolist()[:8]}")
+        raise ValueError(f"{label} values must be <= {high}, got {values.tolist()[:8]}")
+
+
+def _check_batch_values(noise: NoiseParameters) -> None:
+    """The values of a batch of points handed to :func:`sweep`: real, and (where concrete)
+    finite, within :data:`~reram_emu.checks.NOISE_RANGES`, stuck-at rates summing to <= 1.
+    Inside the sweep they are traced, where no check can see them: an out-of-range rate would
+    silently read as a wrong answer (a stuck-at rate of 2 zeroes the layer)."""
+    concrete = {}
+    for name, value in zip(NUMERIC_FIELDS, noise):
+        if value is None:
+            continue
+        if is_concrete(value):
+            array = np.asarray(value)
+            if not (np.issubdtype(array.dtype, np.floating)
+                    or np.issubdtype(array.dtype, np.integer)):
+                raise TypeError(f"noise.{name} must hold real numbers, got dtype {array.dtype}")
+            _check_values(name, array.astype(np.float64), f"noise.{name}")
+            concrete[name] = array.astype(np.float64)
+        elif not (jnp.issubdtype(value.dtype, jnp.floating)
+                  or jnp.issubdtype(value.dtype, jnp.integer)):
+            raise TypeError(f"noise.{name} must hold real numbers, got dtype {value.dtype}")
+    if "stuck_on_rate" in concrete and "stuck_off_rate" in concrete:
+        total = concrete["stuck_on_rate"] + concrete["stuck_off_rate"]
+        if np.any(total > 1.0):
+            raise ValueError(f"noise.stuck_on_rate + stuck_off_rate must be <= 1 at every "
+                             f"point, got up to {float(total.max())}")
 
 
 def noise_grid(config: CrossbarConfig, **axes: Sequence[float]) -> NoiseParameters:
@@ -126,6 +154,7 @@ def sweep(evaluate: Callable[[NoiseParameters, jax.Array], Any], noise: NoisePar
                          f"(noise_points or noise_grid build one), got shapes {shapes}; "
                          f"for one point, evaluate it directly or use noise_points(config, "
                          f"[{{}}])")
+    _check_batch_values(noise)
     if not (hasattr(keys, "dtype") and jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
             and np.ndim(keys) == 1 and len(keys) >= 1):
         raise ValueError(f"keys must be a (R,) array of typed jax.random keys "

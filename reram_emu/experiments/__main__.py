@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -77,5 +79,27 @@ def main(argv=None) -> int:
         return 130
 
 
+def _interrupted(signum, frame):
+    """The first Ctrl-C stops the run; any further one is ignored: it would interrupt JAX's
+    exit-time cleanup half-way (an LLVM abort or a segfault, measured)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def entry() -> None:
+    """``python -m reram_emu.experiments``: :func:`main` in a process of its own. After Ctrl-C
+    (exit status 130) the process ends at once, skipping the interpreter's and JAX's exit-time
+    cleanup: XLA may still be running the interrupted work on its threads, and tearing its
+    backend down under it crashed the process (SIGSEGV, exit -11). Nothing is lost: every
+    result and checkpoint is already written atomically."""
+    signal.signal(signal.SIGINT, _interrupted)
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -191,7 +191,9 @@ class _CsvWriter:
 
     def _rewrite(self) -> None:
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=self._columns())
+        # no rows yet (a run interrupted before its first point): the header alone, so that
+        # --resume reads "nothing finished" instead of refusing an empty (damaged) file
+        writer = csv.DictWriter(text, fieldnames=self._columns() or ["point"])
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None

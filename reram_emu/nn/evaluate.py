@@ -21,6 +21,7 @@ import numpy as np
 
 from ..checks import check_noise
 from ..training import EmulatedEvaluation, mean_ci
+from .train import check_labelled
 from .transform import Analog, split_arrays
 
 __all__ = ["evaluate_accuracy", "program_and_read_keys"]
@@ -92,18 +93,8 @@ def evaluate_accuracy(f: Analog, params, x, y, *, keys=None, seed: int = 0, nois
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
             batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    x_shape, y_shape = np.shape(x), np.shape(y)
-    if len(y_shape) != 1:
-        raise ValueError(f"y must be integer class labels of shape (N,), got shape {y_shape}"
-                         + ("; for one-hot labels pass y.argmax(-1)" if len(y_shape) == 2
-                            else ""))
-    if not np.issubdtype(np.asarray(y).dtype, np.integer):
-        raise TypeError(f"y must hold integer class labels, got dtype {np.asarray(y).dtype}")
-    if len(x_shape) < 1 or x_shape[0] != y_shape[0] or x_shape[0] == 0:
-        raise ValueError(f"need x (N, ...) and y (N,) with N >= 1 alike, got {x_shape} and "
-                         f"{y_shape}")
-    if not np.all(np.isfinite(np.asarray(x, np.float64))):
-        raise ValueError("x contains NaN or infinite values")
+    check_labelled(x, y)
+    x_shape = np.shape(x)
     n = x_shape[0]
     batch_size = int(min(batch_size, n))
     example = jnp.asarray(np.asarray(x[:batch_size]))

@@ -19,7 +19,7 @@ import optax
 
 from .transform import Analog, split_arrays
 
-__all__ = ["fit", "cross_entropy", "check_training_data"]
+__all__ = ["fit", "cross_entropy", "check_training_data", "check_labelled"]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -27,15 +27,23 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], -1))
 
 
-def check_training_data(x, y, batch_size, steps_per_epoch=None) -> int:
-    """Validate a classification training set; returns the steps per epoch."""
+def check_labelled(x, y) -> None:
+    """``x`` (N, ...) finite and ``y`` (N,) integer class labels, N >= 1."""
     x_shape, y_shape = np.shape(x), np.shape(y)
-    if len(y_shape) != 1 or not x_shape or x_shape[0] != y_shape[0]:
-        raise ValueError(f"need x (N, ...) and integer labels y (N,), got shapes {x_shape} and "
-                         f"{y_shape}" + ("; for one-hot labels pass y.argmax(-1)"
-                                         if len(y_shape) == 2 else ""))
+    if len(y_shape) != 1 or not x_shape or x_shape[0] != y_shape[0] or x_shape[0] == 0:
+        raise ValueError(f"need x (N, ...) and integer labels y (N,) with N >= 1, got shapes "
+                         f"{x_shape} and {y_shape}" + ("; for one-hot labels pass y.argmax(-1)"
+                                                       if len(y_shape) == 2 else ""))
     if not np.issubdtype(np.asarray(y).dtype, np.integer):
         raise TypeError(f"y must hold integer class labels, got dtype {np.asarray(y).dtype}")
+    if not np.all(np.isfinite(np.asarray(x, np.float64))):
+        raise ValueError("x contains NaN or infinite values")
+
+
+def check_training_data(x, y, batch_size, steps_per_epoch=None) -> int:
+    """Validate a classification training set; returns the steps per epoch."""
+    check_labelled(x, y)
+    x_shape = np.shape(x)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
             batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
