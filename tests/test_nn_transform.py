@@ -453,3 +453,27 @@ def test_fit_noise_aware_flax_cnn_lowers_the_loss():
         fit(analog(model.apply, NOISY), params, x, y, 1e-3, 1, noise_aware=True)
     with pytest.raises(ValueError, match="one-hot"):
         fit(f, params, x, np.eye(2)[y], 1e-3, 1)
+
+
+def test_sweep_over_noise_with_any_model_compiles_once():
+    from reram_emu.sweeps import noise_grid, sweep
+    params, x = plain_params(), jax.random.uniform(jax.random.key(10), (6, 20))
+    f = analog(plain_mlp, IDEAL, nonnegative_inputs=True)
+    reference = f.apply(f.program(params, x), params, x)   # the noise-free read
+
+    def error(noise, key):
+        program_key, read_key = jax.random.split(key)
+        y = f(params, x, program_key=program_key, read_key=read_key, noise=noise)
+        return jnp.linalg.norm(y - reference) / jnp.linalg.norm(reference)
+
+    grid = noise_grid(IDEAL, variation_sigma=[0.0, 0.3], read_noise_sigma=[0.0, 0.1])
+    keys = jax.random.split(jax.random.key(0), 4)
+    errors = np.asarray(sweep(error, grid, keys))
+    assert errors.shape == (4, 4) and np.all(np.isfinite(errors))
+    assert np.all(errors[0] == 0)                  # no noise: the noise-free read exactly
+    assert np.all(errors[1:] > 0.01)
+    assert errors[3].mean() > errors[1].mean() and errors[3].mean() > errors[2].mean()
+    # one point of the sweep equals the same point evaluated alone
+    point = IDEAL.noise_parameters()._replace(
+        variation_sigma=jnp.float32(0.3), read_noise_sigma=jnp.float32(0.1))
+    np.testing.assert_allclose(errors[3, 1], float(error(point, keys[1])), rtol=1e-5)
