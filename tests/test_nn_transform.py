@@ -477,3 +477,18 @@ def test_sweep_over_noise_with_any_model_compiles_once():
     point = IDEAL.noise_parameters()._replace(
         variation_sigma=jnp.float32(0.3), read_noise_sigma=jnp.float32(0.1))
     np.testing.assert_allclose(errors[3, 1], float(error(point, keys[1])), rtol=1e-5)
+
+
+def test_nonnegativity_is_traced_through_im2col_and_pooling():
+    # the package's LeNet-5 builds im2col from pad, slice and stack: its images stay >= 0, so
+    # every layer reads unsigned inputs, as the FORMS design does
+    from reram_emu.models import lenet5
+    model = lenet5()
+    params = model.init(jax.random.key(0))
+    x = jnp.ones((2, 28, 28, 1))
+    infos = analog(model.apply, IDEAL, nonnegative_inputs=True).layers(params, x)
+    assert [(i.name, i.nonnegative, i.config.inputs.signed) for i in infos] == [
+        (f"{n}/w", True, False) for n in ("conv1", "conv2", "fc1", "fc2", "fc3")]
+    # undeclared inputs: the first layer is signed, the ones after a ReLU are not
+    infos = analog(model.apply, IDEAL).layers(params, x)
+    assert [i.config.inputs.signed for i in infos] == [True, False, False, False, False]

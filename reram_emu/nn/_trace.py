@@ -38,6 +38,7 @@ _KEEP_NONNEGATIVE = {
     "mul", "add", "div", "select_n", "rev", "conv_general_dilated_patches", "cumsum", "cummax",
     "dot_general", "conv_general_dilated", "min", "sqrt", "rsqrt", "reduce_precision",
     "sharding_constraint", "optimization_barrier", "floor", "ceil", "round", "stop_gradient",
+    "stack", "split", "tile", "broadcast", "squeeze_p", "real", "reduce_prod", "sort",
 }
 _LAYOUT = {"transpose", "reshape", "squeeze", "expand_dims", "convert_element_type", "copy",
            "copy_p"}
@@ -241,6 +242,8 @@ def _walk(jaxpr, const_infos, in_infos, prefix, found):
             nonneg = any(i.nonnegative for i in ins)
         elif name == "integer_pow":
             nonneg = eqn.params.get("y", 1) % 2 == 0 or all(i.nonnegative for i in ins)
+        elif name == "clamp":   # clamp(low, x, high)
+            nonneg = ins[0].nonnegative or all(i.nonnegative for i in ins[1:])
         elif name == "select_n":
             nonneg = all(i.nonnegative for i in ins[1:])
         elif name in ("pad", "dynamic_slice", "gather", "dynamic_update_slice"):
