@@ -25,4 +25,4 @@ def test_notebook_runs(path, monkeypatch):
 
 def test_there_are_notebooks():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"noise_sensitivity", "ir_drop"} <= names
+    assert {"noise_sensitivity", "ir_drop", "your_own_model"} <= names
