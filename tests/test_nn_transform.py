@@ -492,3 +492,23 @@ def test_nonnegativity_is_traced_through_im2col_and_pooling():
     # undeclared inputs: the first layer is signed, the ones after a ReLU are not
     infos = analog(model.apply, IDEAL).layers(params, x)
     assert [i.config.inputs.signed for i in infos] == [True, False, False, False, False]
+
+
+def test_glob_patterns_row_order_per_layer_and_input_scales():
+    model = CNN()
+    x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 2))
+    params = model.init(jax.random.key(1), x)
+    other = re.preset("forms", fragment_rows=4, mapping=PROJECT)
+    f = analog(model.apply, IDEAL, layers={"params/Conv_*": other, "params/Dense_0/kernel": None},
+               row_order={"params/Conv_1/kernel": "width"}, nonnegative_inputs=True)
+    infos = f.layers(params, x)
+    assert [i.config.geometry.fragment_rows if i.config else None for i in infos] == [4, 4, None]
+    assert [i.row_order for i in infos] == ["channel", "width", "channel"]
+    with pytest.raises(ValueError, match="no crossbar product uses parameter 'params/Conv_7/"):
+        analog(model.apply, IDEAL, row_order={"params/Conv_7/kernel": "width"}).layers(params, x)
+    state = f.program(params, x)
+    calibrated = f.calibrate(state, params, x, input_scales=True)
+    assert set(calibrated.scales) == {"params/Conv_0/kernel", "params/Conv_1/kernel"}
+    assert all(float(v) > 0 for v in calibrated.scales.values())
+    y = f.apply(calibrated, params, x)
+    assert np.all(np.isfinite(np.asarray(y)))
