@@ -64,7 +64,7 @@ from .layers import EmulatedRunner, NoisyRunner, RecordingRunner, layer_config, 
 from .models import Model
 
 __all__ = ["TrainConfig", "NoiseAware", "TrainState", "train", "polarize", "PolarizeResult",
-           "accuracy", "predict", "calibrate_input_scales", "layer_configs",
+           "accuracy", "predict", "calibrate_input_scales", "layer_configs", "noise_keys",
            "evaluate_emulated", "EmulatedEvaluation", "mean_ci", "difference_ci", "crossed_ci",
            "admm_phase", "finetune_phase",
            "save_checkpoint", "load_checkpoint", "checkpoint_provenance",
@@ -703,6 +703,26 @@ class EmulatedEvaluation(NamedTuple):
     correct: np.ndarray | None = None
 
 
+def noise_keys(keys, seed: int = 0) -> jax.Array:
+    """The (n,) typed noise keys of an evaluation: ``keys`` as a number of keys (split from
+    ``seed``), an (n,) array of typed keys, or None (one key)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if keys is None:
+        keys = 1
+    if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
+        if keys < 1:
+            raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of "
+                             f"jax.random keys, got {keys}")
+        return jax.random.split(jax.random.key(int(seed)), int(keys))
+    if not (hasattr(keys, "dtype") and jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+            and keys.ndim == 1 and keys.shape[0] >= 1):
+        raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of typed "
+                         f"jax.random keys (jax.random.split(jax.random.key(0), n)), got "
+                         f"{type(keys).__name__} {getattr(keys, 'shape', '')}")
+    return keys
+
+
 def _check_emulated_arguments(model, params, x, y, config, keys, seed, noise, batch_size,
                               keys_per_vmap, trim_columns):
     """Validate :func:`evaluate_emulated`'s arguments; returns (configs per layer, keys)."""
@@ -731,24 +751,10 @@ def _check_emulated_arguments(model, params, x, y, config, keys, seed, noise, ba
     else:
         raise TypeError(f"config must be a CrossbarConfig or a dict layer name -> "
                         f"CrossbarConfig, got {type(config).__name__}")
-    for name, value in (("seed", seed), ("batch_size", batch_size),
-                        ("keys_per_vmap", keys_per_vmap)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (
-                0 if name == "seed" else 1):
-            raise ValueError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, "
-                             f"got {value!r}")
-    if keys is None:
-        keys = 1
-    if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
-        if keys < 1:
-            raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of "
-                             f"jax.random keys, got {keys}")
-        keys = jax.random.split(jax.random.key(int(seed)), int(keys))
-    elif not (hasattr(keys, "dtype") and jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
-              and keys.ndim == 1 and keys.shape[0] >= 1):
-        raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of typed "
-                         f"jax.random keys (jax.random.split(jax.random.key(0), n)), got "
-                         f"{type(keys).__name__} {getattr(keys, 'shape', '')}")
+    keys = noise_keys(keys, seed)
+    for name, value in (("batch_size", batch_size), ("keys_per_vmap", keys_per_vmap)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     check_noise(noise)
     x_shape, y_shape = np.shape(x), np.shape(y)
     if len(y_shape) != 1:

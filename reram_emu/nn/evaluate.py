@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..checks import check_noise
-from ..training import EmulatedEvaluation, mean_ci
+from ..training import EmulatedEvaluation, mean_ci, noise_keys
 from .train import check_labelled
 from .transform import Analog, split_arrays
 
@@ -31,24 +31,6 @@ def program_and_read_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The programming key and the read key that :func:`evaluate_accuracy` derives from one."""
     program_key, read_key = jax.random.split(key)
     return program_key, read_key
-
-
-def _keys(keys, seed):
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    if keys is None:
-        keys = 1
-    if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
-        if keys < 1:
-            raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of "
-                             f"jax.random keys, got {keys}")
-        return jax.random.split(jax.random.key(int(seed)), int(keys))
-    if not (hasattr(keys, "dtype") and jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
-            and keys.ndim == 1 and keys.shape[0] >= 1):
-        raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of typed "
-                         f"jax.random keys (jax.random.split(jax.random.key(0), n)), got "
-                         f"{type(keys).__name__} {getattr(keys, 'shape', '')}")
-    return keys
 
 
 @partial(jax.jit, static_argnums=(0, 1))
@@ -88,7 +70,7 @@ def evaluate_accuracy(f: Analog, params, x, y, *, keys=None, seed: int = 0, nois
     if not isinstance(f, Analog):
         raise TypeError(f"f must be the Analog of reram_emu.nn.analog(apply, config), got "
                         f"{type(f).__name__}")
-    keys = _keys(keys, seed)
+    keys = noise_keys(keys, seed)
     check_noise(noise)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
             batch_size < 1:
