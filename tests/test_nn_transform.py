@@ -512,3 +512,29 @@ def test_glob_patterns_row_order_per_layer_and_input_scales():
     assert all(float(v) > 0 for v in calibrated.scales.values())
     y = f.apply(calibrated, params, x)
     assert np.all(np.isfinite(np.asarray(y)))
+
+
+def test_bad_input_to_the_op_and_the_polarizer():
+    from reram_emu.admm import ADMMConfig
+    from reram_emu.nn import admm_pull, crossbar_matmul, polarize
+    params, x = plain_params(), jax.random.uniform(jax.random.key(10), (6, 20))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        crossbar_matmul(x, params["w1"], IDEAL, mode="exact")
+    with pytest.raises(ValueError, match="read_key"):
+        crossbar_matmul(x, params["w1"], NOISY, mode="noise_aware", program_key=PKEY)
+    f = analog(plain_mlp, IDEAL, nonnegative_inputs=True)
+    view = f.weight_view(params, x)
+    with pytest.raises(ValueError, match="decoupled"):
+        admm_pull(view, ADMMConfig(decoupled=False), update_every=1)
+    with pytest.raises(ValueError, match="update_every"):
+        admm_pull(view, ADMMConfig(), update_every=0)
+    labels = np.arange(6) % 4
+    with pytest.raises(ValueError, match="one-hot"):
+        polarize(f, params, x, np.eye(4)[labels], ADMMConfig(), batch_size=2, log=None)
+    with pytest.raises(ValueError, match="batch_size"):
+        polarize(f, params, x, labels, ADMMConfig(), batch_size=64, log=None)
+    state = f.program(params, x)
+    with pytest.raises(ValueError, match="percentile"):
+        f.calibrate(state, params, x, percentile=0)
+    with pytest.raises(TypeError, match="AnalogState"):
+        f.apply({"w1": 0}, params, x)
