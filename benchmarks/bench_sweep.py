@@ -31,7 +31,7 @@ import numpy as np
 
 from reram_emu import training
 from reram_emu.experiments.trained import digits_mlp, forms_config
-from reram_emu.layers import EmulatedRunner
+from reram_emu.nn import analog
 from reram_emu.sweeps import noise_grid, sweep
 
 FRAGMENT = 8
@@ -71,14 +71,15 @@ def main() -> None:
     x = jnp.asarray(trained.data.x_test[:args.images], jnp.float32)
     y = jnp.asarray(trained.data.y_test[:args.images])
     config = forms_config(FRAGMENT)
-    configs = training.layer_configs(model, config)
+    f = analog(model.apply, config, nonnegative_inputs=True)
     scales = {k: jnp.asarray(v) for k, v in training.calibrate_input_scales(
-        model, params, trained.calibration_x, config).items()}
+        model.apply, params, trained.calibration_x, config).items()}
 
     def count_correct(noise, key):
         program_key, read_key = jax.random.split(key)
-        runner = EmulatedRunner(configs, program_key, read_key, noise, scales)
-        return jnp.sum(jnp.argmax(model.apply(params, x, runner), -1) == y)
+        state = f.program(params, x, key=program_key, noise=noise)._replace(scales=scales)
+        logits = f.apply(state, params, x, read_key=read_key, noise=noise)
+        return jnp.sum(jnp.argmax(logits, -1) == y)
 
     grid = noise_grid(config, variation_sigma=np.linspace(0.0, 0.3, 16),
                       read_noise_sigma=np.linspace(0.0, 0.15, 16))

@@ -1,5 +1,11 @@
-"""Training loops, the polarization pipeline, noise-aware training, evaluation through the
-emulator with confidence intervals, and checkpoints that a run resumes from.
+"""Training loops, the polarization pipeline, noise-aware training, evaluation helpers and
+checkpoints that a run resumes from, for any JAX classifier ``apply(params, x) -> logits``.
+
+A model is a function: the package's own (``reram_emu.models.lenet5().apply``), a Flax
+``model.apply``, an Equinox model called as ``lambda m, x: m(x)``, or an
+:class:`reram_emu.nn.Analog` (then its per-layer choices say which products are crossbar
+layers; its ``apply_fn`` is the float forward). The crossbar weight matrices the polarizer
+constrains are found by tracing it (:meth:`reram_emu.nn.Analog.weight_view`).
 
 Phases (each one jitted train step, batches drawn from numpy with a seeded permutation per
 epoch, float32):
@@ -13,15 +19,12 @@ epoch, float32):
   weights stay exactly polarized;
 * :func:`polarize` chains admm -> hard projection -> finetune -> 8-bit quantization -> check.
 
-Noise-aware training (``noise_aware=NoiseAware(config)``): the forward pass programs every
-layer with a fresh key per step through :class:`reram_emu.layers.NoisyRunner` (device variation,
-stuck-at faults, finite levels from the same CrossbarConfig the emulator reads with; read noise
-and ADC noise as output noise of the bit-serial read's variance; straight-through gradients).
-IR drop: ``program`` calls :func:`reram_emu.crossbar.analog_response`, the single place where
-the circuit model plugs in, and ``effective_weights`` reads the programmed response back, so
-once that function models wire resistance the noise-aware forward includes it with no change
-here (the gradient is straight-through; a gradient through the solver would replace
-:func:`reram_emu.layers.ste` by the plain composition).
+Noise-aware training (``noise_aware=NoiseAware(config)``): the forward is the model on
+crossbars, :func:`reram_emu.nn.analog` in its ``"noise_aware"`` mode (or ``"emulated"`` with
+``exact_read``): every step programs every layer afresh (step key split into a programming and
+a read key; layer ``i`` folds in ``i``): device variation, stuck-at faults, finite levels and
+IR drop through the programmed layer's effective weights, read and ADC noise as output noise
+with the bit-serial read's moments, straight-through gradients.
 
 Checkpoints: ``np.savez`` files (``<dir>/<phase>.npz``) with every leaf of the training state
 under its pytree path (``jax.tree_util.keystr``), plus ``__epoch__``, ``__step__``,
@@ -33,11 +36,10 @@ seed, the epoch and the step, so a resumed run continues exactly as the uninterr
 would); a damaged checkpoint, or one another phase or configuration wrote, raises
 :class:`CheckpointError` naming the file.
 
-Evaluation: :func:`accuracy` (ideal float model), :func:`evaluate_emulated` (the full emulated
-read, vmapped over groups of noise keys and ``lax.map``-ped over the groups, mean and a 95 %
-Student-t confidence interval over keys, and every image's correctness per key),
-:func:`difference_ci` (Welch interval of a difference of means), :func:`crossed_ci` (interval of
-a mean over keys x images that counts both the keys and the choice of test images).
+Evaluation: :func:`accuracy` and :func:`predict` (the float model), :func:`calibrate_input_scales`
+(fixed input steps from the float model's layer inputs); accuracy read through the crossbars
+over noise keys is :func:`reram_emu.nn.evaluate_accuracy`; intervals are in
+:mod:`reram_emu.stats` (re-exported here).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
-import math
 import os
 import tempfile
 import time
@@ -59,13 +61,14 @@ import numpy as np
 import optax
 
 from . import admm as admm_lib
-from .config import CrossbarConfig, NoiseParameters
-from .layers import EmulatedRunner, NoisyRunner, RecordingRunner, layer_config, scales_from_records
-from .models import Model
+from .config import CrossbarConfig
+from .nn.evaluate import EmulatedEvaluation, noise_keys
+from .nn.transform import Analog, analog
+from .stats import crossed_ci, difference_ci, mean_ci
 
 __all__ = ["TrainConfig", "NoiseAware", "TrainState", "train", "polarize", "PolarizeResult",
-           "accuracy", "predict", "calibrate_input_scales", "layer_configs", "noise_keys",
-           "evaluate_emulated", "EmulatedEvaluation", "mean_ci", "difference_ci", "crossed_ci",
+           "accuracy", "predict", "calibrate_input_scales", "crossbar_view",
+           "mean_ci", "difference_ci", "crossed_ci", "EmulatedEvaluation", "noise_keys",
            "admm_phase", "finetune_phase",
            "save_checkpoint", "load_checkpoint", "checkpoint_provenance",
            "CheckpointError", "read_npz", "cross_entropy"]
@@ -111,12 +114,16 @@ class NoiseAware:
     """Noise-aware forward: draw the non-idealities of ``config`` afresh every step.
 
     Attributes:
-      config: the CrossbarConfig the emulator reads with (its device, ADC, inputs, mapping).
+      config: the CrossbarConfig the emulator reads with (its device, ADC, inputs, mapping),
+        for every crossbar layer.
       read_noise: add the read noise of ``config.device.read_noise_sigma`` at the outputs.
       adc_noise: add ``config.adc.noise_lsb`` ADC noise at the outputs.
-      trim_columns: per-layer configs via :func:`reram_emu.layers.layer_config`.
+      trim_columns: per-layer tiles trimmed to the layer's columns
+        (:func:`reram_emu.nn.layer_config`).
       exact_read: forward through the full emulated read (ADC quantization and every noise
         exactly, straight-through gradient; costs an emulated read per step).
+      nonnegative_inputs: the model's inputs are >= 0 (images), so its first layer reads
+        unsigned inputs (:func:`reram_emu.nn.analog`).
     """
 
     config: CrossbarConfig
@@ -124,6 +131,25 @@ class NoiseAware:
     adc_noise: bool = True
     trim_columns: bool = True
     exact_read: bool = False
+    nonnegative_inputs: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.config, CrossbarConfig):
+            raise TypeError(f"NoiseAware.config must be a CrossbarConfig, got "
+                            f"{type(self.config).__name__}")
+
+    def forward(self, apply: Callable) -> Analog:
+        """The model on crossbars this forward runs (``noise_aware`` or ``emulated`` mode)."""
+        config = self.config
+        if not self.read_noise:
+            config = config.replace(device=dataclasses.replace(config.device,
+                                                               read_noise_sigma=0.0))
+        if not self.adc_noise:
+            config = config.replace(adc=dataclasses.replace(config.adc, noise_lsb=0.0))
+        return analog(_float_fn(apply), config,
+                      mode="emulated" if self.exact_read else "noise_aware",
+                      nonnegative_inputs=self.nonnegative_inputs,
+                      trim_columns=self.trim_columns)
 
 
 class TrainState(NamedTuple):
@@ -133,21 +159,70 @@ class TrainState(NamedTuple):
     the finetune phase (else None).
     """
 
-    params: dict
+    params: Any
     opt_state: Any
     admm: Any = None
     signs: Any = None
     masks: Any = None
 
 
-def layer_configs(model: Model, config: CrossbarConfig, trim_columns: bool = True) -> dict:
-    """``{layer name: CrossbarConfig}`` (columns trimmed per layer, see ``layer_config``)."""
-    return {name: layer_config(config, spec.out_features, trim_columns)
-            for name, spec in model.layers}
-
-
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _float_fn(model) -> Callable:
+    """The float forward ``apply(params, x)`` of a model (a function or an Analog)."""
+    if isinstance(model, Analog):
+        return model.apply_fn
+    if not callable(model):
+        raise TypeError(f"model must be a function apply(params, x) -> logits (e.g. "
+                        f"reram_emu.models.lenet5().apply, a Flax model.apply) or a "
+                        f"reram_emu.nn.Analog, got {type(model).__name__}")
+    return model
+
+
+def _check_array_tree(params) -> None:
+    bad = [jax.tree_util.keystr(path) for path, leaf in
+           jax.tree_util.tree_flatten_with_path(params)[0]
+           if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int))]
+    if bad:
+        raise TypeError(
+            f"params must be a pytree of arrays (a Flax params dict, a dict of arrays); "
+            f"{bad[:3]} are not arrays. For an Equinox model split it first: params, static = "
+            f"eqx.partition(model, eqx.is_array) and apply = lambda p, x: "
+            f"eqx.combine(p, static)(x); or train it with reram_emu.nn.fit")
+
+
+def _hashable_or_none(value):
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_view_analog(apply):
+    return analog(apply, CrossbarConfig(), mode="float", signed_inputs=False)
+
+
+def _view_analog(model) -> Analog:
+    if isinstance(model, Analog):
+        return model
+    apply = _float_fn(model)
+    if _hashable_or_none(apply) is None:
+        return analog(apply, CrossbarConfig(), mode="float", signed_inputs=False)
+    return _cached_view_analog(apply)
+
+
+def crossbar_view(model, params, example):
+    """The :class:`reram_emu.nn.WeightView` of ``model``'s crossbar layers: every product of
+    an input with a parameter (for an :class:`~reram_emu.nn.Analog`, the ones it puts on
+    crossbars), traced on ``example`` inputs, by layer name (its parameter path)."""
+    return _view_analog(model).weight_view(params, jnp.asarray(example))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -164,9 +239,22 @@ def _flatten(tree) -> dict[str, np.ndarray]:
 
 
 def _hashable(value):
-    """JSON stand-in of a dataclass (its fields) or an array (dtype, shape, sha256 of bytes)."""
+    """JSON stand-in of a dataclass (its fields), an array (dtype, shape, sha256 of bytes), a
+    function (its qualified name; a bound method also its object) or an Analog."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        try:
+            return dataclasses.asdict(value)
+        except TypeError:
+            return {"type": type(value).__qualname__, "repr": repr(value)}
+    if isinstance(value, Analog):
+        return {"analog": value.apply_fn, "config": value.config, "mode": value.mode,
+                "layers": repr(value.layer_spec), "row_order": repr(value.row_order),
+                "nonnegative_inputs": repr(value.nonnegative_inputs),
+                "signed_inputs": repr(value.signed_inputs), "trim_columns": value.trim_columns}
+    if inspect.ismethod(value):
+        return {"method": value.__func__.__qualname__, "of": value.__self__}
+    if callable(value) and hasattr(value, "__qualname__"):
+        return {"function": f"{getattr(value, '__module__', '')}.{value.__qualname__}"}
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         array = np.ascontiguousarray(value)
         return [str(array.dtype), list(array.shape), hashlib.sha256(array.tobytes()).hexdigest()]
@@ -304,56 +392,83 @@ def _steps_per_epoch(n: int, config: TrainConfig) -> int:
     return steps
 
 
-@functools.lru_cache(maxsize=64)
-def _make_step(model: Model, phase: str, noise_aware: NoiseAware | None,
-               admm: admm_lib.ADMMConfig | None, schedule: str, learning_rate: float,
-               total_steps: int, final_lr_fraction: float):
-    """One jitted train step (cached: repeated phases with the same settings compile once)."""
-    optimizer = _optimizer(schedule, learning_rate, total_steps, final_lr_fraction)
-    configs = (layer_configs(model, noise_aware.config, noise_aware.trim_columns)
-               if noise_aware is not None else None)
+def _signature(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((tuple(np.shape(x)), str(jnp.result_type(x))) for x in leaves)
+
+
+def _from_signature(signature):
+    treedef, leaves = signature
+    return jax.tree_util.tree_unflatten(treedef, [jnp.zeros(s, d) for s, d in leaves])
+
+
+def _step_for(model, params, example, phase, noise_aware, admm, optimizer_args):
+    """``(view, step, optimizer)`` of one phase; cached (bounded) when the model is hashable,
+    so repeated phases with the same settings and shapes compile once."""
+    key = (model, _signature(params), _signature(example), phase, noise_aware, admm,
+           optimizer_args)
+    if _hashable_or_none(key) is None:
+        return _build_step(model, params, example, phase, noise_aware, admm, optimizer_args)
+    return _cached_step(*key)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_step(model, params_signature, example_signature, phase, noise_aware, admm,
+                 optimizer_args):
+    return _build_step(model, _from_signature(params_signature),
+                       _from_signature(example_signature), phase, noise_aware, admm,
+                       optimizer_args)
+
+
+def _build_step(model, params, example, phase, noise_aware, admm, optimizer_args):
+    optimizer = _optimizer(*optimizer_args)
+    view = crossbar_view(model, params, example) if phase != "baseline" else None
+    return view, _make_step(_float_fn(model), view, phase, noise_aware, admm, optimizer), \
+        optimizer
+
+
+def _make_step(apply: Callable, view, phase: str, noise_aware: NoiseAware | None,
+               admm: admm_lib.ADMMConfig | None, optimizer):
+    """One jitted train step: ``apply`` the float forward, ``view`` the crossbar weights."""
+    forward = noise_aware.forward(apply) if noise_aware is not None else None
 
     def loss_fn(params, state: TrainState, x, y, key):
-        runner = None
-        if noise_aware is not None:
-            runner = NoisyRunner(configs, key, read_noise=noise_aware.read_noise,
-                                 adc_noise=noise_aware.adc_noise,
-                                 exact_read=noise_aware.exact_read)
-        logits = model.apply(params, x, runner)
+        if forward is None:
+            logits = apply(params, x)
+        else:
+            program_key, read_key = jax.random.split(key)
+            logits = forward(params, x, program_key=program_key, read_key=read_key)
         loss = cross_entropy(logits, y)
         total = loss
         if phase == "admm" and not admm.decoupled:
-            total = total + admm_lib.admm_penalty(model.weights(params), state.admm)
+            total = total + admm_lib.admm_penalty(view.get(params), state.admm)
         return total, (loss, jnp.mean(jnp.argmax(logits, -1) == y))
 
     @jax.jit
     def step(state: TrainState, x, y, key):
         grads, (loss, acc) = jax.grad(loss_fn, has_aux=True)(state.params, state, x, y, key)
         if phase == "finetune":
-            grads = model.with_weights(grads, admm_lib.masked_updates(model.weights(grads),
-                                                                     state.masks))
+            grads = view.put(grads, admm_lib.masked_updates(view.get(grads), state.masks))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         if phase == "finetune":
-            updates = model.with_weights(updates, admm_lib.masked_updates(
-                model.weights(updates), state.masks))
+            updates = view.put(updates, admm_lib.masked_updates(view.get(updates),
+                                                                state.masks))
         params = optax.apply_updates(state.params, updates)
         if phase == "admm" and admm.decoupled:
-            params = model.with_weights(params, admm_lib.decoupled_penalty_step(
-                model.weights(params), state.admm, admm.penalty_lr))
+            params = view.put(params, admm_lib.decoupled_penalty_step(
+                view.get(params), state.admm, admm.penalty_lr))
         if phase == "finetune":
-            params = model.with_weights(params, admm_lib.clamp_to_signs(
-                model.weights(params), state.signs, state.masks, admm.fragment_rows))
+            params = view.put(params, admm_lib.clamp_to_signs(
+                view.get(params), state.signs, state.masks, admm.fragment_rows))
         return state._replace(params=params, opt_state=opt_state), {"loss": loss, "acc": acc}
 
-    return optimizer, step
+    return step
 
 
-@functools.lru_cache(maxsize=16)
-def _admm_functions(model: Model, admm: admm_lib.ADMMConfig):
+def _admm_functions(view, admm: admm_lib.ADMMConfig):
     update = jax.jit(lambda w, s: admm_lib.admm_update(w, s, admm))
     signs = jax.jit(lambda w, s: admm_lib.update_signs(w, s, admm))
-    project = jax.jit(lambda p: model.with_weights(
-        p, admm_lib.hard_projection(model.weights(p), admm)[0]))
+    project = jax.jit(lambda p: view.put(p, admm_lib.hard_projection(view.get(p), admm)[0]))
     return update, signs, project
 
 
@@ -364,7 +479,7 @@ def _optimizer(schedule: str, learning_rate: float, total_steps: int, final_lr_f
                                                   alpha=final_lr_fraction))
 
 
-def train(model: Model, params: dict, data, config: TrainConfig, *, phase: str = "baseline",
+def train(model, params, data, config: TrainConfig, *, phase: str = "baseline",
           admm: admm_lib.ADMMConfig | None = None, signs: dict | None = None,
           masks: dict | None = None, noise_aware: NoiseAware | None = None,
           checkpoint: str | None = None, log: Callable[[str], None] | None = print,
@@ -372,21 +487,29 @@ def train(model: Model, params: dict, data, config: TrainConfig, *, phase: str =
     """Run one phase; returns the final TrainState and the per-epoch history.
 
     Args:
+      model: the classifier ``apply(params, x) -> logits`` (any JAX function, e.g.
+        ``reram_emu.models.mlp().apply`` or a Flax ``model.apply``) or a
+        :class:`reram_emu.nn.Analog` (its products on crossbars are the ADMM layers).
+      params: its parameter pytree (array leaves are trained).
       data: an object with ``x_train`` (n, ...) and ``y_train`` (n,) numpy arrays
         (:class:`reram_emu.datasets.Dataset`); ``eval_data`` (default ``data``) provides
         ``x_test``/``y_test`` for the per-epoch test accuracy.
       phase: ``"baseline"``, ``"admm"`` (needs ``admm``) or ``"finetune"`` (needs ``admm``,
-        ``signs`` and ``masks``; ``params`` must already be projected).
+        ``signs`` and ``masks`` keyed by crossbar layer name, :func:`crossbar_view`;
+        ``params`` must already be projected).
       checkpoint: path of this phase's .npz; resumed from when it exists.
       stop_after: return after this many epochs of this call, as an interrupted run would
         (the checkpoint is then not marked done; a later call resumes).
     """
+    apply = _float_fn(model)
     if phase not in ("baseline", "admm", "finetune"):
         raise ValueError(f"phase must be 'baseline', 'admm' or 'finetune', got {phase!r}")
     if phase != "baseline" and admm is None:
         raise ValueError(f"phase {phase!r} needs an ADMMConfig")
     if phase == "finetune" and (signs is None or masks is None):
         raise ValueError("the finetune phase needs the signs and masks of the hard projection")
+    if noise_aware is not None and not isinstance(noise_aware, NoiseAware):
+        raise TypeError(f"noise_aware must be a NoiseAware, got {type(noise_aware).__name__}")
     log = log or (lambda s: None)
     eval_data = data if eval_data is None else eval_data
     x_train, y_train = np.asarray(data.x_train), np.asarray(data.y_train)
@@ -395,12 +518,14 @@ def train(model: Model, params: dict, data, config: TrainConfig, *, phase: str =
     lr = config.learning_rate
     if phase == "finetune" and admm.finetune_learning_rate is not None:
         lr = admm.finetune_learning_rate
-    optimizer, train_step = _make_step(
-        model, phase, noise_aware, admm if phase != "baseline" else None, config.schedule,
-        float(lr), total_steps, config.final_lr_fraction)
+    _check_array_tree(params)
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
+    view, train_step, optimizer = _step_for(
+        model, params, jnp.asarray(x_train[:config.batch_size]), phase, noise_aware,
+        admm if phase != "baseline" else None,
+        (config.schedule, float(lr), total_steps, config.final_lr_fraction))
     state = TrainState(params=params, opt_state=optimizer.init(params),
-                       admm=(admm_lib.init_admm(model.weights(params), admm)
+                       admm=(admm_lib.init_admm(view.get(params), admm)
                              if phase == "admm" else None),
                        signs=signs if phase == "finetune" else None,
                        masks=masks if phase == "finetune" else None)
@@ -416,7 +541,7 @@ def train(model: Model, params: dict, data, config: TrainConfig, *, phase: str =
             return state, history
 
     if admm is not None:
-        admm_update, sign_update, project = _admm_functions(model, admm)
+        admm_update, sign_update, project = _admm_functions(view, admm)
     base_key = jax.random.key(config.seed)
     update_at = set()
     if phase == "admm":
@@ -428,7 +553,7 @@ def train(model: Model, params: dict, data, config: TrainConfig, *, phase: str =
             break
         t0 = time.perf_counter()
         if (phase == "admm" and admm.sign_every and epoch > 0 and epoch % admm.sign_every == 0):
-            state = state._replace(admm=sign_update(model.weights(state.params), state.admm))
+            state = state._replace(admm=sign_update(view.get(state.params), state.admm))
         order = np.random.default_rng([config.seed, epoch]).permutation(len(x_train))
         losses, accs = [], []
         for i in range(steps_per_epoch):
@@ -439,17 +564,16 @@ def train(model: Model, params: dict, data, config: TrainConfig, *, phase: str =
             accs.append(metrics["acc"])
             step += 1
             if (i + 1) in update_at:
-                state = state._replace(admm=admm_update(model.weights(state.params),
-                                                        state.admm))
+                state = state._replace(admm=admm_update(view.get(state.params), state.admm))
         record = {"epoch": epoch + 1, "phase": phase,
                   "train_loss": float(np.mean(jax.device_get(losses))),
                   "train_acc": float(np.mean(jax.device_get(accs))),
-                  "test_acc": accuracy(model, state.params, eval_data.x_test, eval_data.y_test,
+                  "test_acc": accuracy(apply, state.params, eval_data.x_test, eval_data.y_test,
                                        config.eval_batch_size)}
         if phase == "admm":
-            weights = model.weights(state.params)
+            weights = view.get(state.params)
             record["test_acc_projected"] = accuracy(
-                model, project(state.params), eval_data.x_test, eval_data.y_test,
+                apply, project(state.params), eval_data.x_test, eval_data.y_test,
                 config.eval_batch_size)
             record["rho"] = float(state.admm.rho)
             record["residual"] = {k: float(v) for k, v in
@@ -471,10 +595,10 @@ def train(model: Model, params: dict, data, config: TrainConfig, *, phase: str =
 
 class PolarizeResult(NamedTuple):
     """Output of :func:`polarize`: final (quantized, polarized) params, the fragment signs and
-    masks of the hard projection, the histories and the per-layer fraction of weights the hard
-    projection zeroed."""
+    masks of the hard projection (by crossbar layer name), the histories and the per-layer
+    fraction of weights the hard projection zeroed."""
 
-    params: dict
+    params: Any
     signs: dict
     masks: dict
     history: list
@@ -485,10 +609,10 @@ def _phase_checkpoint(checkpoint_dir: str | None, name: str) -> str | None:
     return None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"{name}.npz")
 
 
-def admm_phase(model: Model, params: dict, data, admm: admm_lib.ADMMConfig,
+def admm_phase(model, params, data, admm: admm_lib.ADMMConfig,
                config: TrainConfig, *, noise_aware: NoiseAware | None = None,
                checkpoint: str | None = None, log: Callable[[str], None] | None = print,
-               eval_data=None) -> tuple[dict, list]:
+               eval_data=None) -> tuple[Any, list]:
     """The ADMM phase of :func:`polarize` alone: ``admm.epochs`` epochs of W-steps with Z/U
     updates (``config.epochs`` is ignored; the learning-rate schedule is
     ``admm.admm_schedule``). Returns ``(params, history)``; the params are close to, not on,
@@ -501,7 +625,7 @@ def admm_phase(model: Model, params: dict, data, admm: admm_lib.ADMMConfig,
     return state.params, history
 
 
-def finetune_phase(model: Model, admm_params: dict, data, admm: admm_lib.ADMMConfig,
+def finetune_phase(model, admm_params, data, admm: admm_lib.ADMMConfig,
                    config: TrainConfig, *, noise_aware: NoiseAware | None = None,
                    checkpoint: str | None = None, log: Callable[[str], None] | None = print,
                    eval_data=None, check_config: CrossbarConfig | None = None,
@@ -514,24 +638,24 @@ def finetune_phase(model: Model, admm_params: dict, data, admm: admm_lib.ADMMCon
     Starting two fine-tunings (say plain and noise-aware) from the same ``admm_params``
     compares the fine-tunings alone: same signs, same masks, same number of steps.
     """
-    weights = model.weights(admm_params)
-    projected, signs, masks = admm_lib.hard_projection(weights, admm)
+    view = crossbar_view(model, admm_params, np.asarray(data.x_train)[:config.batch_size])
+    projected, signs, masks = admm_lib.hard_projection(view.get(admm_params), admm)
     zeroed = {name: float(1.0 - jnp.mean(masks[name])) for name in masks}
-    start = model.with_weights(admm_params, projected)
+    start = view.put(admm_params, projected)
     ft_state, ft_history = train(
         model, start, data, dataclasses.replace(config, epochs=admm.finetune_epochs),
         phase="finetune", admm=admm, signs=signs, masks=masks, noise_aware=noise_aware,
         checkpoint=checkpoint, log=log, eval_data=eval_data)
     final = ft_state.params
     if admm.weight_bits is not None:
-        final = model.with_weights(final, admm_lib.quantize_weights_dict(
-            model.weights(final), admm.weight_bits))
-    if not admm_lib.check_polarized(model.weights(final), admm.fragment_rows, check_config):
+        final = view.put(final, admm_lib.quantize_weights_dict(view.get(final),
+                                                               admm.weight_bits))
+    if not admm_lib.check_polarized(view.get(final), admm.fragment_rows, check_config):
         raise RuntimeError("the polarized weights violate the fragment constraint")
     return PolarizeResult(final, signs, masks, list(history or []) + ft_history, zeroed)
 
 
-def polarize(model: Model, params: dict, data, admm: admm_lib.ADMMConfig,
+def polarize(model, params, data, admm: admm_lib.ADMMConfig,
              config: TrainConfig, *, noise_aware: NoiseAware | None = None,
              checkpoint_dir: str | None = None, log: Callable[[str], None] | None = print,
              eval_data=None, check_config: CrossbarConfig | None = None) -> PolarizeResult:
@@ -560,25 +684,28 @@ def _correct(logits, labels):
     return jnp.sum(jnp.argmax(logits, -1) == labels)
 
 
-def predict(model: Model, params: dict, x, batch_size: int = 1000) -> np.ndarray:
-    """Ideal logits of ``x`` in batches."""
-    fn = _ideal_apply(model)
+@functools.partial(jax.jit, static_argnums=0)
+def _logits_static(apply, params, x):
+    return apply(params, x)
+
+
+def _logits_fn(model) -> Callable:
+    apply = _float_fn(model)
+    if _hashable_or_none(apply) is None:
+        return jax.jit(apply)
+    return functools.partial(_logits_static, apply)
+
+
+def predict(model, params, x, batch_size: int = 1000) -> np.ndarray:
+    """Float logits of ``x`` in batches (``model`` as in :func:`train`)."""
+    fn = _logits_fn(model)
     return np.concatenate([np.asarray(fn(params, jnp.asarray(x[i:i + batch_size])))
                            for i in range(0, len(x), batch_size)])
 
 
-_IDEAL_CACHE: dict = {}
-
-
-def _ideal_apply(model: Model):
-    if model not in _IDEAL_CACHE:
-        _IDEAL_CACHE[model] = jax.jit(lambda p, x: model.apply(p, x))
-    return _IDEAL_CACHE[model]
-
-
-def accuracy(model: Model, params: dict, x, y, batch_size: int = 1000) -> float:
-    """Ideal (float) accuracy of ``params`` on (x, y), a fraction in [0, 1]."""
-    fn = _ideal_apply(model)
+def accuracy(model, params, x, y, batch_size: int = 1000) -> float:
+    """Float accuracy of ``params`` on (x, y), a fraction in [0, 1]."""
+    fn = _logits_fn(model)
     correct = 0
     for i in range(0, len(x), batch_size):
         correct += int(_correct(fn(params, jnp.asarray(x[i:i + batch_size])),
@@ -586,259 +713,24 @@ def accuracy(model: Model, params: dict, x, y, batch_size: int = 1000) -> float:
     return correct / len(x)
 
 
-def calibrate_input_scales(model: Model, params: dict, x, config, percentile: float = 99.99
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _input_percentiles(f: Analog, percentile: float, params, x):
+    return {name: jnp.percentile(jnp.abs(inputs), percentile)
+            for name, inputs in f.layer_inputs(params, x).items()}
+
+
+def calibrate_input_scales(model, params, x, config, percentile: float = 99.99
                            ) -> dict[str, np.ndarray]:
-    """Fixed per-layer input steps: the ``percentile`` of |layer inputs| over ``x`` (ideal
-    forward) divided by the top input code of the layer's configuration (a scalar per layer,
-    in input units per code). Layer inputs above it clip at the top code."""
-    records = _recorder(model, float(percentile))(params, jnp.asarray(x))
-    return scales_from_records(records, config)
-
-
-@functools.lru_cache(maxsize=16)
-def _recorder(model: Model, percentile: float):
-    def run(p, xb):
-        runner = RecordingRunner(percentile)
-        model.apply(p, xb, runner)
-        return runner.records
-    return jax.jit(run)
-
-
-def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and the Student-t confidence interval ``(mean, low, high)`` of a sample."""
-    from scipy import stats
-    values = np.asarray(values, np.float64)
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * np.std(values, ddof=1)
-                 / math.sqrt(len(values)))
-    return mean, mean - half, mean + half
-
-
-def crossed_ci(values, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and a confidence interval ``(mean, low, high)`` of ``values`` (K, N): one value per
-    noise key (rows) and test image (columns), both random samples (a crossed design).
-
-    The variance of the grand mean is estimated as ``var(row means) / K + var(column means) /
-    N`` (each term also holds a share of the key x image interaction, so the estimate errs on
-    the wide side), with Satterthwaite's degrees of freedom. A 1-D array or K = 1 (one
-    deterministic read) leaves the images' term alone: the paired interval over images. Use it
-    for accuracies (values 0/1) or paired differences of correctness (values -1/0/1) on the
-    same images.
+    """Fixed per-layer input steps ``{layer name: step}``: the ``percentile`` of |layer
+    inputs| over ``x`` (float forward) divided by the top input code of the layer's
+    configuration (``config``: one CrossbarConfig, or ``{layer name: config}``), in input
+    units per code. Layer inputs above it clip at the top code. ``model`` as in :func:`train`.
     """
-    from scipy import stats
-    values = np.asarray(values, np.float64)
-    if values.ndim == 1:
-        values = values[None]
-    if values.ndim != 2 or values.size == 0:
-        raise ValueError(f"values must be (keys, images), got shape {values.shape}")
-    k, n = values.shape
-    mean = float(np.mean(values))
-    terms = []  # (variance of the mean, degrees of freedom)
-    if k > 1:
-        terms.append((np.var(np.mean(values, axis=1), ddof=1) / k, k - 1))
-    if n > 1:
-        terms.append((np.var(np.mean(values, axis=0), ddof=1) / n, n - 1))
-    var = sum(t for t, _ in terms)
-    if var == 0:
-        return mean, mean, mean
-    dof = var ** 2 / sum(t ** 2 / d for t, d in terms)
-    half = float(stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(var))
-    return mean, mean - half, mean + half
-
-
-def difference_ci(a, b, level: float = 0.95) -> tuple[float, float, float]:
-    """``mean(a) - mean(b)`` with a Welch (unequal variances) t interval."""
-    from scipy import stats
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    diff = float(np.mean(a) - np.mean(b))
-    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, dof) * se)
-    return diff, diff - half, diff + half
-
-
-@functools.lru_cache(maxsize=32)
-def _emulated_counter(model: Model, configs: tuple):
-    """Jitted correctness (keys, batch) of one image batch for every key (cached per model and
-    configs: keys, noise parameters and scales are arguments, so repeated evaluations compile
-    once per batch shape)."""
-    configs = dict(configs)
-
-    def one_key(key, params, xb, yb, batch_index, noise, scales):
-        program_key, read_key = jax.random.split(key)
-        runner = EmulatedRunner(configs, program_key,
-                                jax.random.fold_in(read_key, batch_index), noise, scales)
-        logits = model.apply(params, xb, runner)
-        return jnp.argmax(logits, -1) == yb
-
-    @jax.jit
-    def batch_correct(params, xb, yb, batch_index, grouped_keys, noise, scales):
-        def per_group(keys):
-            return jax.vmap(one_key, (0, None, None, None, None, None, None))(
-                keys, params, xb, yb, batch_index, noise, scales)
-        hits = jax.lax.map(per_group, grouped_keys)
-        return hits.reshape(-1, hits.shape[-1])
-
-    return batch_correct
-
-
-class EmulatedEvaluation(NamedTuple):
-    """Accuracy read through the emulator: per key, mean, std and the 95 % t interval over
-    keys (fractions in [0, 1]); ``images`` evaluated and ``seconds`` of wall time;
-    ``correct`` (keys, images) bool: which image each key classified correctly (for intervals
-    that also cover the choice of images, :func:`crossed_ci`)."""
-
-    accuracies: np.ndarray
-    mean: float
-    std: float
-    ci_low: float
-    ci_high: float
-    images: int
-    seconds: float
-    correct: np.ndarray | None = None
-
-
-def noise_keys(keys, seed: int = 0) -> jax.Array:
-    """The (n,) typed noise keys of an evaluation: ``keys`` as a number of keys (split from
-    ``seed``), an (n,) array of typed keys, or None (one key)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    if keys is None:
-        keys = 1
-    if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
-        if keys < 1:
-            raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of "
-                             f"jax.random keys, got {keys}")
-        return jax.random.split(jax.random.key(int(seed)), int(keys))
-    if not (hasattr(keys, "dtype") and jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
-            and keys.ndim == 1 and keys.shape[0] >= 1):
-        raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of typed "
-                         f"jax.random keys (jax.random.split(jax.random.key(0), n)), got "
-                         f"{type(keys).__name__} {getattr(keys, 'shape', '')}")
-    return keys
-
-
-def _check_emulated_arguments(model, params, x, y, config, keys, seed, noise, batch_size,
-                              keys_per_vmap, trim_columns):
-    """Validate :func:`evaluate_emulated`'s arguments; returns (configs per layer, keys)."""
-    from .checks import check_noise
-    from .polarization import polarization_violations
-    from .quantization import quantize_weights
-    if not isinstance(model, Model):
-        raise TypeError(f"model must be a reram_emu.models.Model, got {type(model).__name__}")
-    names = model.layer_names
-    if not isinstance(params, dict) or set(params) != set(names):
-        got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise ValueError(f"params must hold the model's layers {list(names)}, got {got}")
-    if isinstance(config, CrossbarConfig):
-        configs = layer_configs(model, config, trim_columns)
-    elif isinstance(config, dict):
-        missing = [n for n in names if n not in config]
-        unknown = [n for n in config if n not in names]
-        if missing or unknown:
-            raise ValueError(f"a per-layer config needs exactly the model's layers "
-                             f"{list(names)}: missing {missing}, unknown {unknown}")
-        for name, value in config.items():
-            if not isinstance(value, CrossbarConfig):
-                raise TypeError(f"config[{name!r}] must be a CrossbarConfig, got "
-                                f"{type(value).__name__}")
-        configs = dict(config)
-    else:
-        raise TypeError(f"config must be a CrossbarConfig or a dict layer name -> "
-                        f"CrossbarConfig, got {type(config).__name__}")
-    keys = noise_keys(keys, seed)
-    for name, value in (("batch_size", batch_size), ("keys_per_vmap", keys_per_vmap)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    check_noise(noise)
-    x_shape, y_shape = np.shape(x), np.shape(y)
-    if len(y_shape) != 1:
-        raise ValueError(f"y must be integer class labels of shape (N,), got shape {y_shape}"
-                         + ("; for one-hot labels pass y.argmax(-1)" if len(y_shape) == 2
-                            else ""))
-    if not np.issubdtype(np.asarray(y).dtype, np.integer):
-        raise TypeError(f"y must hold integer class labels, got dtype {np.asarray(y).dtype}")
-    if len(x_shape) < 2 or x_shape[0] != y_shape[0] or x_shape[0] == 0:
-        raise ValueError(f"need x (N, ...) and y (N,) with N >= 1 alike, got {x_shape} and "
-                         f"{y_shape}")
-    labels = np.asarray(y)
-    if labels.min() < 0 or labels.max() >= model.num_classes:
-        raise ValueError(f"labels must lie in [0, {model.num_classes - 1}], got "
-                         f"[{labels.min()}, {labels.max()}]")
-    if not np.all(np.isfinite(np.asarray(x, np.float64))):
-        raise ValueError("x contains NaN or infinite values")
-    for name in names:
-        layer = configs[name]
-        if layer.mapping.scheme != "polarized" or layer.mapping.on_violation == "project":
-            continue
-        w = np.asarray(params[name]["w"], np.float32)
-        w = w.reshape(-1, w.shape[-1])
-        integers, _ = quantize_weights(jnp.asarray(w), layer.weights)
-        report = polarization_violations(integers, layer.geometry.fragment_rows, "sum")
-        if report.fragments_broken:
-            raise ValueError(
-                f"layer {name!r}: {report.fragments_broken} of {report.fragments} fragments "
-                f"(fragment_rows={layer.geometry.fragment_rows}) are not polarized, so the "
-                f"FORMS mapping would zero {report.weights_zeroed} weights; polarize the model "
-                f"(training.polarize) or pass a config with MappingConfig(on_violation="
-                f"'project') to read the projected weights")
-    return configs, keys
-
-
-def evaluate_emulated(model: Model, params: dict, x, y, config: CrossbarConfig | dict, *,
-                      keys: int | jax.Array | None = None, seed: int = 0,
-                      noise: NoiseParameters | None = None, scales: dict | None = None,
-                      batch_size: int = 250, keys_per_vmap: int = 1,
-                      trim_columns: bool = True) -> EmulatedEvaluation:
-    """Accuracy of ``params`` read through the emulated crossbars, over noise keys.
-
-    Each key programs every layer once (device variation and faults: ``fold_in(program_key,
-    layer)``) and reads all images with it (read and ADC noise fresh per batch and layer).
-    Keys are processed ``keys_per_vmap`` at a time with ``jax.vmap`` and the groups with
-    ``lax.map``; images in batches of ``batch_size`` (a Python loop, one compiled function:
-    a shorter last batch is padded, the padding rows are read and not counted; a row's noise
-    does not depend on its batch's other rows, so the padding changes nothing).
-
-    Args:
-      config: a CrossbarConfig (per-layer trimmed configs are derived) or name -> config.
-      keys: number of keys (derived from ``seed``) or a key array (n,); None: one key.
-      scales: fixed input steps per layer (:func:`calibrate_input_scales`); None: dynamic.
-    """
-    t0 = time.perf_counter()
-    configs, keys = _check_emulated_arguments(model, params, x, y, config, keys, seed, noise,
-                                              batch_size, keys_per_vmap, trim_columns)
-    n_keys = keys.shape[0]
-    group = max(1, min(keys_per_vmap, n_keys))
-    n_groups = -(-n_keys // group)
-    if n_groups * group > n_keys:
-        keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (n_groups * group - n_keys,))])
-    grouped = keys.reshape(n_groups, group)
-    scales_j = None if scales is None else {k: jnp.asarray(v, jnp.float32)
-                                             for k, v in scales.items()}
-    batch_correct = _emulated_counter(model, tuple(sorted(configs.items())))
-    n = len(x)
-    if n == 0 or len(y) != n:
-        raise ValueError(f"need as many labels as images (at least one), got {n} and {len(y)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batch_size = min(batch_size, n)
-    correct = np.zeros((n_keys, n), bool)
-    for b, i in enumerate(range(0, n, batch_size)):
-        xb, yb = np.asarray(x[i:i + batch_size]), np.asarray(y[i:i + batch_size], np.int32)
-        valid = len(xb)
-        if valid < batch_size:  # pad: one compiled batch shape
-            xb = np.concatenate([xb, np.zeros((batch_size - valid,) + xb.shape[1:], xb.dtype)])
-            yb = np.concatenate([yb, np.full(batch_size - valid, -1, yb.dtype)])
-        hits = batch_correct(params, jnp.asarray(xb), jnp.asarray(yb), b, grouped, noise,
-                             scales_j)
-        correct[:, i:i + valid] = np.asarray(hits)[:n_keys, :valid]
-    accuracies = correct.mean(axis=1)
-    mean, low, high = mean_ci(accuracies)
-    std = float(np.std(accuracies, ddof=1)) if n_keys > 1 else 0.0
-    return EmulatedEvaluation(accuracies, mean, std, low, high, n, time.perf_counter() - t0,
-                              correct)
+    f = _view_analog(model)
+    records = _input_percentiles(f, float(percentile), params, jnp.asarray(x))
+    out = {}
+    for name, value in records.items():
+        layer = config if isinstance(config, CrossbarConfig) else config[name]
+        top = 2 ** layer.inputs.bits - 1
+        out[name] = np.float32(max(float(value), 1e-12) / top)
+    return out

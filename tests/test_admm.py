@@ -14,6 +14,7 @@ from reram_emu import training as T
 from reram_emu.config import ADCConfig, InputConfig
 from reram_emu.datasets import load_dataset
 from reram_emu.models import mlp
+from reram_emu.nn import analog, evaluate_accuracy
 from reram_emu.polarization import fragment_signs, is_polarized, project_polarized
 
 
@@ -108,7 +109,7 @@ def digits():
 @pytest.fixture(scope="module")
 def trained_mlp(digits):
     model = mlp((64, 64, 10))
-    state, history = T.train(model, model.init(jax.random.key(0)), digits,
+    state, history = T.train(model.apply, model.init(jax.random.key(0)), digits,
                              T.TrainConfig(epochs=8, batch_size=32, learning_rate=3e-3),
                              log=None)
     return model, state.params, history
@@ -117,17 +118,18 @@ def trained_mlp(digits):
 def test_short_baseline_on_digits_reaches_accuracy(trained_mlp, digits):
     model, params, history = trained_mlp
     assert history[-1]["test_acc"] >= 0.93
-    assert T.accuracy(model, params, digits.x_test, digits.y_test) == history[-1]["test_acc"]
+    assert T.accuracy(model.apply, params, digits.x_test, digits.y_test) == history[-1]["test_acc"]
 
 
 def test_masked_finetune_keeps_zeroed_weights_zero(trained_mlp, digits):
     model, params, _ = trained_mlp
     config = A.ADMMConfig(fragment_rows=8, finetune_epochs=2)
-    projected, signs, masks = A.hard_projection(model.weights(params), config)
-    start = model.with_weights(params, projected)
-    state, _ = T.train(model, start, digits, T.TrainConfig(epochs=2, batch_size=32), log=None,
-                       phase="finetune", admm=config, signs=signs, masks=masks)
-    final = model.weights(state.params)
+    view = T.crossbar_view(model.apply, params, digits.x_test[:1])
+    projected, signs, masks = A.hard_projection(view.get(params), config)
+    start = view.put(params, projected)
+    state, _ = T.train(model.apply, start, digits, T.TrainConfig(epochs=2, batch_size=32),
+                       log=None, phase="finetune", admm=config, signs=signs, masks=masks)
+    final = view.get(state.params)
     for name in final:
         zeroed = np.asarray(masks[name]) == 0
         assert zeroed.any()
@@ -144,33 +146,36 @@ def test_polarize_pipeline_on_digits(trained_mlp, digits, tmp_path):
     forms = rx.preset("forms", fragment_rows=m)
     config = A.ADMMConfig(fragment_rows=m, rho=1e-2, rho_growth=2.0, epochs=4,
                           updates_per_epoch=2, finetune_epochs=3)
-    result = T.polarize(model, params, digits, config, T.TrainConfig(batch_size=32), log=None,
-                        check_config=forms, checkpoint_dir=str(tmp_path))
-    weights = model.weights(result.params)
+    result = T.polarize(model.apply, params, digits, config, T.TrainConfig(batch_size=32),
+                        log=None, check_config=forms, checkpoint_dir=str(tmp_path))
+    weights = T.crossbar_view(model.apply, params, digits.x_test[:1]).get(result.params)
+    assert list(weights) == ["fc1/w", "fc2/w"]
     assert A.check_polarized(weights, m, forms)
     for w in weights.values():
         rx.map_weights(np.asarray(w), forms)  # on_violation="error" accepts it
         assert np.unique(np.asarray(w)).size <= 255  # 8-bit weights
     history = [h for h in result.history if h["phase"] == "admm"]
     assert history[-1]["test_acc_projected"] > history[0]["test_acc_projected"]
-    float_acc = T.accuracy(model, result.params, digits.x_test, digits.y_test)
+    float_acc = T.accuracy(model.apply, result.params, digits.x_test, digits.y_test)
     assert float_acc >= 0.9
     emulator = forms.replace(adc=ADCConfig(bits=4, range="fixed"), inputs=InputConfig(bits=8))
-    scales = T.calibrate_input_scales(model, result.params, digits.x_train, emulator)
-    emulated = T.evaluate_emulated(model, result.params, digits.x_test, digits.y_test, emulator,
-                                   scales=scales, batch_size=450)
+    scales = T.calibrate_input_scales(model.apply, result.params, digits.x_train, emulator)
+    emulated = evaluate_accuracy(analog(model.apply, emulator, nonnegative_inputs=True),
+                                 result.params, digits.x_test, digits.y_test, scales=scales,
+                                 batch_size=450)
     assert emulated.mean >= float_acc - 0.03
     # the unpolarized model projected at programming loses much more
-    with pytest.raises(ValueError, match="not polarized"):  # never projected silently
-        T.evaluate_emulated(model, params, digits.x_test, digits.y_test, emulator,
-                            scales=scales, batch_size=450)
+    with pytest.raises(ValueError, match="oppose their fragment"):  # never projected silently
+        evaluate_accuracy(analog(model.apply, emulator, nonnegative_inputs=True), params,
+                          digits.x_test, digits.y_test, scales=scales, batch_size=450)
     projecting = emulator.replace(mapping=dataclasses.replace(emulator.mapping,
                                                               on_violation="project"))
-    unpolarized = T.evaluate_emulated(model, params, digits.x_test, digits.y_test, projecting,
-                                      scales=scales, batch_size=450)
+    unpolarized = evaluate_accuracy(analog(model.apply, projecting, nonnegative_inputs=True),
+                                    params, digits.x_test, digits.y_test, scales=scales,
+                                    batch_size=450)
     assert unpolarized.mean < emulated.mean - 0.05
     # with the checkpoints in place, a rerun resumes both phases and ends where it ended
-    again = T.polarize(model, params, digits, config, T.TrainConfig(batch_size=32), log=None,
+    again = T.polarize(model.apply, params, digits, config, T.TrainConfig(batch_size=32), log=None,
                        checkpoint_dir=str(tmp_path))
     for a, b in zip(jax.tree_util.tree_leaves(result.params),
                     jax.tree_util.tree_leaves(again.params)):
@@ -182,14 +187,14 @@ def test_interrupted_run_resumes_exactly(digits, tmp_path):
     params = model.init(jax.random.key(1))
     config = T.TrainConfig(epochs=3, batch_size=64, max_steps_per_epoch=5)
     admm = A.ADMMConfig(fragment_rows=4, updates_per_epoch=2)
-    full, _ = T.train(model, params, digits, config, phase="admm", admm=admm, log=None)
+    full, _ = T.train(model.apply, params, digits, config, phase="admm", admm=admm, log=None)
     path = str(tmp_path / "admm.npz")
-    T.train(model, params, digits, config, phase="admm", admm=admm, log=None, checkpoint=path,
-            stop_after=2)
+    T.train(model.apply, params, digits, config, phase="admm", admm=admm, log=None,
+            checkpoint=path, stop_after=2)
     _, meta = T.load_checkpoint(path, full)
     assert meta["epoch"] == 2 and not meta["done"]
-    resumed, history = T.train(model, params, digits, config, phase="admm", admm=admm, log=None,
-                               checkpoint=path)
+    resumed, history = T.train(model.apply, params, digits, config, phase="admm", admm=admm,
+                               log=None, checkpoint=path)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
@@ -204,8 +209,8 @@ def test_noise_aware_training_runs_and_learns(digits):
         adc=ADCConfig(bits=5, range="fixed", noise_lsb=0.5), inputs=InputConfig(bits=8),
         mapping=rx.MappingConfig(scheme="differential"))
     config = T.TrainConfig(epochs=4, batch_size=32, learning_rate=3e-3)
-    _, ideal = T.train(model, model.init(jax.random.key(2)), digits, config, log=None)
-    _, history = T.train(model, model.init(jax.random.key(2)), digits, config,
+    _, ideal = T.train(model.apply, model.init(jax.random.key(2)), digits, config, log=None)
+    _, history = T.train(model.apply, model.init(jax.random.key(2)), digits, config,
                          noise_aware=T.NoiseAware(noisy), log=None)
     assert history[-1]["test_acc"] >= min(0.85, ideal[-1]["test_acc"] - 0.05)
 
@@ -216,6 +221,6 @@ def test_check_polarized_rejects_and_config_validation():
     with pytest.raises(ValueError):
         A.ADMMConfig(rule="median")
     with pytest.raises(ValueError):
-        T.train(mlp((4, 2)), mlp((4, 2)).init(jax.random.key(0)), None, T.TrainConfig(),
+        T.train(mlp((4, 2)).apply, mlp((4, 2)).init(jax.random.key(0)), None, T.TrainConfig(),
                 phase="admm")
     assert dataclasses.replace(A.ADMMConfig(), rho=0.5).rho == 0.5

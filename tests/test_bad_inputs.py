@@ -6,7 +6,7 @@ One parametrized case per bad input. Cases already tested elsewhere are not repe
 non-finite, negative and wrongly shaped float inputs to ``read`` and bad configurations
 (test_config.py), NaN/0/negative scales and out-of-range integers under ``jit``
 (test_presets.py), unknown and negative ``noise_grid`` values (test_sweeps.py), unpolarized
-weights in ``map_weights`` (test_crossbar.py) and in ``evaluate_emulated`` (test_admm.py). The
+weights in ``map_weights`` (test_crossbar.py) and in ``nn.evaluate_accuracy`` (test_admm.py). The
 output folder checks run in process on a fake experiment in test_resume_robustness.py; here
 the real command runs in a subprocess, for its exit status and stderr.
 """
@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 
 import reram_emu as rx
-from reram_emu import sweeps, training
+from reram_emu import sweeps
 from reram_emu.datasets import load_dataset
 from reram_emu.experiments import runner
 from reram_emu.models import mlp
+from reram_emu.nn import analog, evaluate_accuracy
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = rx.preset("forms")
@@ -250,7 +251,7 @@ def test_bad_sweep_noise(noise, error, message):
         sweeps.sweep(_evaluate, noise, SWEEP_KEYS)
 
 
-# ---------------------------------------------------------------- evaluate_emulated
+# ---------------------------------------------------------------- evaluate_accuracy
 
 MODEL = mlp((16, 8, 4))
 PARAMS = MODEL.init(jax.random.key(0))
@@ -263,23 +264,27 @@ PROJECTING = CONFIG.replace(mapping=rx.MappingConfig(on_violation="project"))
     (dict(keys=-1), ValueError, "keys must be a number of keys >= 1 .* got -1"),
     (dict(keys=0), ValueError, "keys must be a number of keys >= 1 .* got 0"),
     (dict(keys=jax.random.key(0)), ValueError, r"keys must be .* a \(n,\) array of typed jax"),
-    (dict(config={"fc1": PROJECTING}), ValueError,
-     r"a per-layer config needs exactly the model's layers \['fc1', 'fc2'\]: missing \['fc2'\]"),
-    (dict(config={"fc1": PROJECTING, "fc2": "forms"}), TypeError,
-     r"config\['fc2'\] must be a CrossbarConfig, got str"),
+    (dict(layers={"fc9/w": PROJECTING}), ValueError,
+     r"no crossbar product uses parameter 'fc9/w'; the products' parameters are: fc1/w, fc2/w"),
+    (dict(layers={"fc1/w": PROJECTING, "fc2/w": "forms"}), TypeError,
+     r"layers\['fc2/w'\] must be a CrossbarConfig or None \(digital\), got str"),
     (dict(y=np.eye(4, dtype=np.int32)[LABELS]), ValueError,
-     r"y must be integer class labels of shape \(N,\), got shape \(5, 4\); for one-hot labels"),
+     r"need x \(N, ...\) and integer labels y \(N,\) .* got shapes \(5, 16\) and \(5, 4\); "
+     r"for one-hot labels"),
     (dict(y=LABELS.astype(np.float32)), TypeError, "y must hold integer class labels"),
-    (dict(y=LABELS + 4), ValueError, r"labels must lie in \[0, 3\]"),
+    (dict(y=LABELS + 4), ValueError, r"labels must lie in \[0, 3\] \(the model has 4 outputs\)"),
     (dict(seed=-1), ValueError, "seed must be an integer >= 0, got -1"),
     (dict(noise=(0.0,) * 6), TypeError, "noise must be a reram_emu.NoiseParameters"),
-], ids=["keys -1", "keys 0", "one key", "config dict missing a layer", "config dict str",
-        "one-hot labels", "float labels", "labels out of range", "seed -1", "noise tuple"])
-def test_bad_evaluate_emulated(kwargs, error, message):
-    arguments = {"y": LABELS, "config": PROJECTING, **kwargs}
-    y, config = arguments.pop("y"), arguments.pop("config")
+    (dict(scales={"fc1": 0.1}), ValueError, r"scales must be a dict \{layer name: input step\}"),
+], ids=["keys -1", "keys 0", "one key", "per-layer config for no layer",
+        "per-layer config str", "one-hot labels", "float labels", "labels out of range",
+        "seed -1", "noise tuple", "scales by an unknown name"])
+def test_bad_evaluate_accuracy(kwargs, error, message):
+    arguments = {"y": LABELS, "layers": None, **kwargs}
+    y, layers = arguments.pop("y"), arguments.pop("layers")
     with pytest.raises(error, match=message):
-        training.evaluate_emulated(MODEL, PARAMS, IMAGES, y, config, **arguments)
+        f = analog(MODEL.apply, PROJECTING, layers=layers, nonnegative_inputs=True)
+        evaluate_accuracy(f, PARAMS, IMAGES, y, **arguments)
 
 
 # ---------------------------------------------------------------- datasets

@@ -34,7 +34,7 @@ def trained():
     init = {name: {"w": jax.numpy.asarray(rng.normal(size=spec.weight_shape).astype(np.float32)
                                           * np.sqrt(2.0 / spec.in_features)),
                    "b": jax.numpy.zeros(spec.out_features)} for name, spec in model.layers}
-    state, _ = training.train(model, init, data,
+    state, _ = training.train(model.apply, init, data,
                               training.TrainConfig(epochs=3, batch_size=32, learning_rate=3e-3))
     params = state.params
 

@@ -13,6 +13,7 @@ from reram_emu.datasets import load_dataset
 from reram_emu.experiments import __main__ as command
 from reram_emu.experiments import noise_sensitivity as ns
 from reram_emu.models import mlp
+from reram_emu.nn import evaluate_accuracy
 
 MAPPING = "ISAAC"
 
@@ -22,7 +23,7 @@ def context():
     """A small MLP trained briefly on digits, read through ISAAC: 48 images, 3 keys."""
     data = load_dataset("digits", seed=0, flatten=True)
     model = mlp((64, 32, 10))
-    state, _ = training.train(model, model.init(jax.random.key(0)), data,
+    state, _ = training.train(model.apply, model.init(jax.random.key(0)), data,
                               training.TrainConfig(epochs=6, batch_size=32, learning_rate=3e-3))
     return ns.build_context(model, {MAPPING: state.params}, data.x_test[:48], data.y_test[:48],
                             data.x_train[:200], keys=3)
@@ -35,8 +36,8 @@ def batch(axis, sigmas):
 @pytest.mark.parametrize("axis, large", [("variation", 1.0), ("read noise", 0.6)])
 def test_zero_noise_is_exact_one_compilation_and_noise_costs_accuracy(context, axis, large):
     read = context["reads"][MAPPING]
-    reference = training.evaluate_emulated(
-        context["model"], read["params"], context["x"], context["y"], read["configs"],
+    reference = evaluate_accuracy(
+        read["analog"], read["params"], context["x"], context["y"],
         scales={k: np.asarray(v) for k, v in read["scales"].items()})
     assert reference.mean > 0.7  # the model has learnt something worth losing
 

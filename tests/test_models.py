@@ -1,5 +1,6 @@
-"""Models and crossbar layers: im2col convolutions in both row orders, the ideal / noise-aware /
-emulated runners on the same parameters, the noise model of the training forward, checkpoints."""
+"""The package's models and layers: im2col convolutions in both row orders, the models as plain
+functions read on crossbars by the transform, the crossbar op's noise-aware and exact-read
+training forwards, the noise model of the training forward, checkpoints."""
 
 import jax
 import jax.numpy as jnp
@@ -10,9 +11,9 @@ import reram_emu as rx
 from reram_emu import admm as A
 from reram_emu import training
 from reram_emu.config import ADCConfig, DeviceConfig, InputConfig, MappingConfig
-from reram_emu.layers import (ConvSpec, DenseSpec, EmulatedRunner, NoisyRunner,
-                              conv_weight_to_hwio, im2col, layer_config, output_noise_moments)
-from reram_emu.models import Model, count_parameters, lenet5, mlp
+from reram_emu.layers import ConvSpec, DenseSpec, conv_weight_to_hwio, im2col
+from reram_emu.models import convnet, count_parameters, lenet5, mlp
+from reram_emu.nn import analog, crossbar_matmul, layer_config, output_noise_moments
 from reram_emu.polarization import project_polarized
 
 
@@ -62,19 +63,24 @@ def exact_config(m=8):
         inputs=InputConfig(bits=16))
 
 
-def test_emulated_runner_reads_the_quantized_model():
+def test_a_package_cnn_on_crossbars_reads_the_quantized_model():
     """A small CNN (im2col convolution, pooling, dense) read through the emulator with an ADC
     fine enough to be exact gives the quantized float model's logits."""
-    model = Model("cnn", (("conv1", ConvSpec(1, 4, (3, 3), 1, "SAME", "width")),
-                          ("conv2", ConvSpec(4, 6, (3, 3), 1, "VALID", "channel")),
-                          ("fc1", DenseSpec(24, 10))), (12, 12, 1), 10)
+    model = convnet("cnn", (("conv1", ConvSpec(1, 4, (3, 3), 1, "SAME", "width")),
+                            ("conv2", ConvSpec(4, 6, (3, 3), 1, "VALID", "channel"))),
+                    (("fc1", DenseSpec(24, 10)),), (12, 12, 1))
     params = model.init(jax.random.key(2))
-    weights = {k: project_polarized(w, 8) for k, w in model.weights(params).items()}
-    params = model.with_weights(params, weights)
-    quantized = model.with_weights(params, A.quantize_weights_dict(weights, 8))
     x = jax.random.uniform(jax.random.key(3), (4, 12, 12, 1))
-    configs = training.layer_configs(model, exact_config())
-    emulated = jax.jit(lambda p, x: model.apply(p, x, EmulatedRunner(configs)))(params, x)
+    view = training.crossbar_view(model.apply, params, x)
+    assert view.names == ("conv1/w", "conv2/w", "fc1/w")
+    weights = {k: project_polarized(w, 8) for k, w in view.get(params).items()}
+    params = view.put(params, weights)
+    quantized = view.put(params, A.quantize_weights_dict(weights, 8))
+    f = analog(model.apply, exact_config(), nonnegative_inputs=True)
+    # every layer on its column-trimmed tile, reading unsigned inputs (images, then ReLU/pool)
+    assert [i.config for i in f.layers(params, x)] == [layer_config(exact_config(), n)
+                                                       for n in (4, 6, 10)]
+    emulated = jax.jit(lambda p, x: f.apply(f.program(p, x), p, x))(params, x)
     ideal = model.apply(quantized, x)
     np.testing.assert_allclose(np.asarray(emulated), np.asarray(ideal), rtol=2e-3, atol=2e-3)
 
@@ -91,26 +97,37 @@ def test_trimmed_tile_changes_only_the_cost():
     np.testing.assert_allclose(np.asarray(outputs[0]), np.asarray(outputs[1]), rtol=1e-6)
 
 
-def test_noisy_runner_is_straight_through_and_fresh_per_key():
+def test_noise_aware_product_is_straight_through_and_fresh_per_key():
     rng = np.random.default_rng(4)
     w = jnp.asarray(project_polarized(jnp.asarray(rng.normal(size=(32, 8)), jnp.float32), 8))
     x = jnp.asarray(rng.uniform(size=(5, 32)), jnp.float32)
     clean = exact_config()
     noisy = clean.replace(device=DeviceConfig(variation_sigma=0.1))
 
-    def loss(w, config, key):
-        return jnp.sum(NoisyRunner(config, key)(0, "fc", x, w) ** 2)
+    def forward(w, config, key):
+        return crossbar_matmul(x, w, config, mode="noise_aware", program_key=key).outputs
 
-    y0 = NoisyRunner(clean, jax.random.key(0))(0, "fc", x, w)
+    y0 = forward(w, clean, jax.random.key(0))
     quantized = A.quantize_weights_dict({"w": w})["w"]
     np.testing.assert_allclose(np.asarray(y0), np.asarray(x @ quantized), rtol=1e-5, atol=1e-5)
-    g = jax.grad(loss)(w, noisy, jax.random.key(1))
-    y1 = NoisyRunner(noisy, jax.random.key(1))(0, "fc", x, w)
+    g = jax.grad(lambda w: jnp.sum(forward(w, noisy, jax.random.key(1)) ** 2))(w)
+    y1 = forward(w, noisy, jax.random.key(1))
     np.testing.assert_allclose(np.asarray(g), np.asarray(x.T @ (2 * y1)), rtol=1e-4, atol=1e-4)
-    y2 = NoisyRunner(noisy, jax.random.key(2))(0, "fc", x, w)
-    y1_again = NoisyRunner(noisy, jax.random.key(1))(0, "fc", x, w)
+    y2 = forward(w, noisy, jax.random.key(2))
     assert not np.allclose(np.asarray(y1), np.asarray(y2))
-    np.testing.assert_array_equal(np.asarray(y1), np.asarray(y1_again))
+    np.testing.assert_array_equal(np.asarray(y1), np.asarray(forward(w, noisy, jax.random.key(1))))
+    # the same product through analog(..., mode="noise_aware") on a model function: layer 0
+    # programmed with fold_in(program_key, 0), gradient straight through to the parameter
+    f = analog(lambda p, x: x @ p["w"], noisy, mode="noise_aware", nonnegative_inputs=True)
+    via_analog = f({"w": w}, x, program_key=jax.random.key(1))
+    np.testing.assert_array_equal(np.asarray(via_analog), np.asarray(crossbar_matmul(
+        x, w, layer_config(noisy, 8), mode="noise_aware",
+        program_key=jax.random.fold_in(jax.random.key(1), 0)).outputs))
+    assert not np.allclose(np.asarray(via_analog),
+                           np.asarray(f({"w": w}, x, program_key=jax.random.key(2))))
+    g = jax.grad(lambda w: jnp.sum(f({"w": w}, x, program_key=jax.random.key(1)) ** 2))(w)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(x.T @ (2 * via_analog)), rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_exact_read_is_the_emulated_read_with_a_straight_through_gradient():
@@ -119,13 +136,25 @@ def test_exact_read_is_the_emulated_read_with_a_straight_through_gradient():
     x = jnp.asarray(rng.uniform(size=(5, 32)), jnp.float32)
     # the preset's worst-case ADC (LSB 2 levels): rounding visibly changes the product
     config = rx.preset("forms", fragment_rows=8).replace(inputs=InputConfig(bits=8))
-    runner = NoisyRunner(config, jax.random.key(0), exact_read=True)
-    y = runner(0, "fc", x, w)
-    np.testing.assert_allclose(np.asarray(y), np.asarray(EmulatedRunner(config)(0, "fc", x, w)),
-                               rtol=1e-5, atol=1e-5)
+
+    def forward(w):
+        return crossbar_matmul(x, w, config, mode="emulated",
+                               program_key=jax.random.key(0)).outputs
+
+    y = forward(w)
+    hand = rx.read(rx.program(rx.map_weights(w, config)), x)[0]
+    np.testing.assert_allclose(np.asarray(y), np.asarray(hand), rtol=1e-5, atol=1e-5)
     quantized = A.quantize_weights_dict({"w": w})["w"]
     assert not np.allclose(np.asarray(y), np.asarray(x @ quantized), rtol=1e-2)
-    g = jax.grad(lambda w: jnp.sum(runner(0, "fc", x, w)))(w)
+    g = jax.grad(lambda w: jnp.sum(forward(w)))(w)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(x.T @ jnp.ones((5, 8))), rtol=1e-5)
+    # the training forward with exact_read is that emulated read, with that gradient
+    aware = training.NoiseAware(config, exact_read=True).forward(lambda p, x: x @ p["w"])
+    assert aware.mode == "emulated"
+    keys = dict(program_key=jax.random.key(0), read_key=jax.random.key(1))
+    np.testing.assert_allclose(np.asarray(aware({"w": w}, x, **keys)), np.asarray(hand),
+                               rtol=1e-5, atol=1e-5)
+    g = jax.grad(lambda w: jnp.sum(aware({"w": w}, x, **keys)))(w)
     np.testing.assert_allclose(np.asarray(g), np.asarray(x.T @ jnp.ones((5, 8))), rtol=1e-5)
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import reram_emu as re
-from reram_emu.layers import ConvSpec, im2col, layer_config
-from reram_emu.nn import analog
+from reram_emu.layers import ConvSpec, im2col
+from reram_emu.nn import analog, layer_config
 
 flax_linen = pytest.importorskip("flax.linen")
 eqx = pytest.importorskip("equinox")
@@ -356,20 +356,35 @@ def test_bad_input_errors():
         g.apply(g.program(params, x), params, x - 0.5)
 
 
-def test_evaluate_accuracy_equals_evaluate_emulated_on_the_package_model():
+def test_evaluate_accuracy_is_the_hand_wired_read_batch_by_batch_and_key_by_key():
+    """Each key programs once (split into programming and read keys, layer i folding in i) and
+    every batch b reads with fold_in(read key, b): the same correctness table as reading the
+    package's MLP layer by layer by hand."""
     from reram_emu.datasets import load_dataset
     from reram_emu.models import mlp
     from reram_emu.nn import evaluate_accuracy
-    from reram_emu.training import evaluate_emulated
     data = load_dataset("digits", flatten=True)
     x, y = data.x_test[:150], data.y_test[:150]
     model = mlp((64, 32, 10))
     params = model.init(jax.random.key(0))
     keys = jax.random.split(jax.random.key(5), 2)
-    before = evaluate_emulated(model, params, x, y, NOISY, keys=keys, batch_size=64)
     f = analog(model.apply, NOISY, nonnegative_inputs=True)
     after = evaluate_accuracy(f, params, x, y, keys=keys, batch_size=64)
-    np.testing.assert_array_equal(after.correct, before.correct)
+    names = ("fc1", "fc2")
+    for k in range(2):
+        program_key, read_key = jax.random.split(keys[k])
+        layers = [re.program(re.map_weights(params[n]["w"], layer_config(NOISY, 32 if i == 0
+                                                                         else 10)),
+                             jax.random.fold_in(program_key, i)) for i, n in enumerate(names)]
+        for b, start in enumerate(range(0, 150, 64)):
+            h = jnp.asarray(x[start:start + 64])
+            batch_key = jax.random.fold_in(read_key, b)
+            for i, n in enumerate(names):
+                out, _ = re.read(layers[i], h, key=jax.random.fold_in(batch_key, i))
+                h = out + params[n]["b"]
+                h = jax.nn.relu(h) if i == 0 else h
+            np.testing.assert_array_equal(after.correct[k, start:start + 64],
+                                          np.argmax(np.asarray(h), -1) == y[start:start + 64])
     assert after.images == 150 and after.ci_low <= after.mean <= after.ci_high
     with pytest.raises(ValueError, match="one-hot"):
         evaluate_accuracy(f, params, x, np.eye(10)[y], keys=keys)

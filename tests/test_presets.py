@@ -34,11 +34,11 @@ def digits():
 def trained(digits):
     """A 64-32-10 MLP trained on digits in float, and its FORMS-polarized copy (m = 8)."""
     model = mlp((64, 32, 10))
-    state, _ = T.train(model, model.init(jax.random.key(0)), digits,
+    state, _ = T.train(model.apply, model.init(jax.random.key(0)), digits,
                        T.TrainConfig(epochs=10, batch_size=32, learning_rate=3e-3), log=None)
     admm = A.ADMMConfig(fragment_rows=8, rho=1e-2, rho_growth=2.0, epochs=4,
                         updates_per_epoch=2, finetune_epochs=4)
-    polarized = T.polarize(model, state.params, digits, admm, T.TrainConfig(batch_size=32),
+    polarized = T.polarize(model.apply, state.params, digits, admm, T.TrainConfig(batch_size=32),
                            log=None, check_config=rx.preset("forms")).params
     return model, state.params, polarized
 
@@ -73,7 +73,7 @@ def hidden_inputs(params, x):
 def test_each_preset_keeps_a_trained_model_accurate(name, trained, digits):
     model, float_params, polarized = trained
     params = polarized if name == "forms" else float_params
-    float_acc = T.accuracy(model, params, digits.x_test, digits.y_test)
+    float_acc = T.accuracy(model.apply, params, digits.x_test, digits.y_test)
     config = rx.preset(name)
     calibration = hidden_inputs(params, digits.x_train[:200]) if name == "prime" else None
     logits = read_by_hand(params, digits.x_test, config, calibration)

@@ -349,16 +349,16 @@ def test_train_refuses_a_checkpoint_of_other_settings(tmp_path):
     params = model.init(jax.random.key(0))
     config = training.TrainConfig(epochs=1, batch_size=32)
     path = str(tmp_path / "baseline.npz")
-    training.train(model, params, data, config, checkpoint=path, log=None)
-    training.train(model, params, data, config, checkpoint=path, log=None)  # same: loads
+    training.train(model.apply, params, data, config, checkpoint=path, log=None)
+    training.train(model.apply, params, data, config, checkpoint=path, log=None)  # loads
     with pytest.raises(training.CheckpointError, match="holds stage 'baseline', seed 0"):
-        training.train(model, params, data, training.TrainConfig(epochs=1, batch_size=32,
-                                                                 seed=1),
+        training.train(model.apply, params, data,
+                       training.TrainConfig(epochs=1, batch_size=32, seed=1),
                        checkpoint=path, log=None)
     with pytest.raises(ValueError, match=f"checkpoint {re.escape(path)} holds .* but .* was "
                                          f"expected"):
-        training.train(model, model.init(jax.random.key(1)), data, config, checkpoint=path,
-                       log=None)
+        training.train(model.apply, model.init(jax.random.key(1)), data, config,
+                       checkpoint=path, log=None)
 
 
 def test_digits_mlp_refuses_a_swapped_polarized_checkpoint(tmp_path, monkeypatch):

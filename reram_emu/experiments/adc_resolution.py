@@ -37,6 +37,7 @@ import numpy as np
 from .. import training
 from ..config import ADCConfig, CrossbarConfig, InputConfig, NoiseParameters, preset
 from ..converters import adc_lsb_levels, code_range, worst_case_input
+from ..nn import evaluate_accuracy
 from . import emulated_eval
 from .trained import INPUT_BITS, digits_mlp
 
@@ -139,14 +140,14 @@ def make_context(model, polarized: dict, x_test, y_test, x_calibration,
     for m, params in polarized.items():
         m = int(m)
         config = adc_config(m, "fixed", rule_bits(m))
-        scales = training.calibrate_input_scales(model, params, x_calibration, config)
-        logits = emulated_eval.reference_logits(model, params, x_test, config, scales)
+        scales = training.calibrate_input_scales(model.apply, params, x_calibration, config)
+        logits = emulated_eval.reference_logits(model.apply, params, x_test, config, scales)
         predictions = np.argmax(logits, -1)
         context["params"][m], context["scales"][m] = params, scales
         context["reference_predictions"][m] = predictions
         context["reference_accuracy"][m] = float(np.mean(predictions == y_test))
         context["float_accuracy"].setdefault(
-            m, training.accuracy(model, params, x_test, y_test))
+            m, training.accuracy(model.apply, params, x_test, y_test))
     return context
 
 
@@ -180,17 +181,17 @@ def evaluate(context, batch, seed):
         params, scales = context["params"][m], context["scales"][m]
         t0 = time.perf_counter()
         if noise == 0.0:
-            logits, _ = emulated_eval.clean_read(model, params, x, config, scales)
+            logits, _ = emulated_eval.clean_read(model.apply, params, x, config, scales)
             predictions = np.argmax(logits, -1)
             accuracy = float(np.mean(predictions == y))
             agreement = float(np.mean(predictions == context["reference_predictions"][m]))
             metrics = {"accuracy": accuracy, "ci_low": accuracy, "ci_high": accuracy,
                        "std": 0.0, "keys": 1, "agreement_with_reference": agreement}
         else:
-            ev = training.evaluate_emulated(
-                model, params, x, y, config, keys=context["keys"], seed=seed,
-                noise=_adc_noise(noise), scales=scales, batch_size=len(x),
-                keys_per_vmap=context["keys"])
+            ev = evaluate_accuracy(
+                emulated_eval.on_crossbars(model.apply, config), params, x, y,
+                keys=context["keys"], seed=seed, noise=_adc_noise(noise), scales=scales,
+                batch_size=len(x))
             metrics = {"accuracy": ev.mean, "ci_low": ev.ci_low, "ci_high": ev.ci_high,
                        "std": ev.std, "keys": len(ev.accuracies),
                        "agreement_with_reference": None}

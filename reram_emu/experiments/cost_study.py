@@ -36,10 +36,11 @@ import numpy as np
 import optax
 
 from reram_emu import cost
-from reram_emu.config import WeightConfig, preset
+from reram_emu.config import CrossbarConfig, WeightConfig, preset
 from reram_emu.datasets import load_dataset
 from reram_emu.layers import ConvSpec, DenseSpec
-from reram_emu.models import Model
+from reram_emu.models import Network, convnet
+from reram_emu.nn import analog
 from reram_emu.polarization import fragment_signs, fragment_view, project_polarized
 
 HERE = Path(__file__).resolve().parents[2] / "experiments" / "cost"
@@ -49,12 +50,11 @@ PAPER_RATIOS = {"gops_per_s_mm2": 0.54, "gops_per_w": 0.61}
 # --------------------------------------------------------------------------- model
 
 
-def digits_cnn() -> Model:
+def digits_cnn() -> Network:
     """conv 3x3x16 (SAME) - pool 2 - conv 3x3x32 (SAME) - pool 2 - fc 128-64 - fc 64-10."""
-    layers = (("conv1", ConvSpec(1, 16, (3, 3), 1, "SAME")),
-              ("conv2", ConvSpec(16, 32, (3, 3), 1, "SAME")),
-              ("fc1", DenseSpec(128, 64)), ("fc2", DenseSpec(64, 10)))
-    return Model("digits_cnn", layers, (8, 8, 1), 10)
+    return convnet("digits_cnn", (("conv1", ConvSpec(1, 16, (3, 3), 1, "SAME")),
+                                  ("conv2", ConvSpec(16, 32, (3, 3), 1, "SAME"))),
+                   (("fc1", DenseSpec(128, 64)), ("fc2", DenseSpec(64, 10))), (8, 8, 1))
 
 
 def _loss(model, params, x, y):
@@ -130,21 +130,17 @@ def fragment_prune_masks(params, names, m, fraction):
 
 
 def crossbar_inputs(model, params, x):
-    """Every crossbar layer's input vectors (V, K) on images ``x``, and vectors per image."""
-    records = {}
-
-    def runner(index, name, inputs, w):
-        records[name] = np.asarray(inputs)
-        return inputs @ w
-
-    model.apply(params, x, runner)
-    return {k: (v, v.shape[0] // x.shape[0]) for k, v in records.items()}
+    """Every crossbar layer's input vectors (V, K) on images ``x`` (the float forward, a
+    convolution's im2col rows), and vectors per image, by layer name (parameter path)."""
+    f = analog(model.apply, CrossbarConfig(), mode="float", signed_inputs=False)
+    records = f.layer_inputs(params, jnp.asarray(x))
+    return {k: (np.asarray(v), v.shape[0] // x.shape[0]) for k, v in records.items()}
 
 
 def workloads(model, params, x):
     rec = crossbar_inputs(model, params, x)
-    return [cost.LayerWorkload(k, np.asarray(params[k]["w"]), rec[k][0], rec[k][1])
-            for k in model.layer_names]
+    return [cost.LayerWorkload(k, np.asarray(params[k]["w"]), rec[f"{k}/w"][0],
+                               rec[f"{k}/w"][1]) for k in model.layer_names]
 
 
 # --------------------------------------------------------------------------- peak

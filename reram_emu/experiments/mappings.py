@@ -44,6 +44,7 @@ from .. import training
 from ..config import (ADCConfig, CrossbarConfig, InputConfig, NoiseParameters, WeightConfig,
                       preset)
 from ..converters import adc_lsb_levels
+from ..nn import evaluate_accuracy
 from . import emulated_eval
 from .trained import INPUT_BITS, digits_mlp, forms_config
 
@@ -156,22 +157,22 @@ def make_context(model, float_params: dict, polarized: dict, x_test, y_test, x_c
                              f"{sorted(polarized)}")
         params = polarized[m] if m is not None else float_params
         base = design_config(design)
-        scales = training.calibrate_input_scales(model, params, x_calibration, base)
-        configs = emulated_eval.per_layer_configs(model, base)
+        scales = training.calibrate_input_scales(model.apply, params, x_calibration, base)
+        configs = emulated_eval.per_layer_configs(model.apply, params, x_test[:1], base)
         full_scales = None
         if design == "PRIME":
             calibrating = {n: c.replace(adc=ADCConfig(bits=c.adc.bits, range="calibrated"))
                            for n, c in configs.items()}
             full_scales = emulated_eval.calibrated_full_scales(
-                model, params, x_calibration, calibrating, scales, CALIBRATION_PERCENTILE)
+                model.apply, params, x_calibration, calibrating, scales, CALIBRATION_PERCENTILE)
             configs = emulated_eval.with_adc(configs, base.adc.bits, full_scales)
-        predictions = np.argmax(emulated_eval.reference_logits(model, params, x_test, configs,
+        predictions = np.argmax(emulated_eval.reference_logits(model.apply, params, x_test, configs,
                                                                scales), -1)
         context["designs"][design] = {
             "params": params, "configs": configs, "scales": scales,
             "reference_predictions": predictions,
             "reference_accuracy": float(np.mean(predictions == y_test)),
-            "float_accuracy": training.accuracy(model, params, x_test, y_test),
+            "float_accuracy": training.accuracy(model.apply, params, x_test, y_test),
             "lsb_levels": {n: adc_lsb_levels(c) for n, c in configs.items()}}
     return context
 
@@ -201,7 +202,7 @@ def evaluate(context, batch, seed):
         d = context["designs"][design]
         t0 = time.perf_counter()
         if noise == "none":
-            logits, counts = emulated_eval.clean_read(model, d["params"], x, d["configs"],
+            logits, counts = emulated_eval.clean_read(model.apply, d["params"], x, d["configs"],
                                                       d["scales"])
             predictions = np.argmax(logits, -1)
             accuracy = float(np.mean(predictions == y))
@@ -214,10 +215,10 @@ def evaluate(context, batch, seed):
                        "adc_conversions_per_image": conversions / len(x),
                        "adc_conversions_per_image_without_skip": unskipped / len(x)}
         else:
-            ev = training.evaluate_emulated(
-                model, d["params"], x, y, d["configs"], keys=context["keys"], seed=seed,
-                noise=noise_parameters(noise), scales=d["scales"], batch_size=len(x),
-                keys_per_vmap=context["keys"])
+            ev = evaluate_accuracy(
+                emulated_eval.on_crossbars(model.apply, d["configs"]), d["params"], x, y,
+                keys=context["keys"], seed=seed, noise=noise_parameters(noise),
+                scales=d["scales"], batch_size=len(x))
             metrics = {"accuracy": ev.mean, "ci_low": ev.ci_low, "ci_high": ev.ci_high,
                        "std": ev.std, "keys": len(ev.accuracies),
                        "per_key": [float(a) for a in ev.accuracies],

@@ -29,7 +29,7 @@ structure, not in numbers: a traced read-noise sigma makes every read draw one G
 ADC conversion even at sigma 0, which made FORMS m = 8 about 5x slower than the noise-free
 read (measured: 1.17 vs 0.21 s per key and setting, 450 images, loaded 2-core machine), so
 its variation sweep programs with the traced sigma and reads without noise, and its
-read-noise sweep programs ideally and reads with the traced sigma (:class:`SweepRunner`).
+read-noise sweep programs ideally and reads with the traced sigma (:func:`correct_counter`).
 ISAAC and PRIME convert once per 128 or more rows, so their draws cost little (ISAAC: 0.28
 vs 0.25 s) and each is one sweep over both axes (one compilation instead of two). Reported
 per point: mean accuracy over keys with its 95 % Student-t interval.
@@ -46,8 +46,7 @@ import numpy as np
 
 from .. import training
 from ..config import ADCConfig, CrossbarConfig, InputConfig, WeightConfig, preset
-from ..crossbar import program, read
-from ..mapping import encode_weights
+from ..nn import analog
 from ..sweeps import noise_points, sweep
 from .trained import INPUT_BITS, digits_mlp, forms_config
 
@@ -157,7 +156,7 @@ def build_context(model, params: dict, x, y, calibration_x, keys: int) -> dict:
     """Everything :func:`evaluate` needs, for any model.
 
     Args:
-      model: a :class:`~reram_emu.models.Model`.
+      model: a :class:`~reram_emu.models.Network` (its ``apply`` is put on crossbars).
       params: mapping name -> the parameters it reads (FORMS: polarized at its m; weights that
         break a fragment's sign are projected by the mapping).
       x, y: test images (flat) and labels.
@@ -176,51 +175,15 @@ def build_context(model, params: dict, x, y, calibration_x, keys: int) -> dict:
         m = fragment_rows(mapping)
         config = mapping_config(mapping)
         scales = training.calibrate_input_scales(
-            model, mapping_params, np.asarray(calibration_x)[:CALIBRATION_IMAGES], config)
+            model.apply, mapping_params, np.asarray(calibration_x)[:CALIBRATION_IMAGES], config)
         reads[mapping] = {
             "config": config, "params": mapping_params,
-            "configs": training.layer_configs(model, config),
+            "analog": analog(model.apply, config, nonnegative_inputs=True),
             "scales": {k: jnp.asarray(v, jnp.float32) for k, v in scales.items()},
-            "float_accuracy": training.accuracy(model, mapping_params, x, y),
+            "float_accuracy": training.accuracy(model.apply, mapping_params, x, y),
             "model": f"polarized m={m}" if m is not None else "float baseline"}
     return {"model": model, "x": x, "y": y, "keys": int(keys), "reads": reads,
             "functions": {}, "traces": {}}
-
-
-class SweepRunner:
-    """The emulated read of :class:`reram_emu.layers.EmulatedRunner`, with the traced noise
-    numbers given to programming, to reading, or to both.
-
-    Args:
-      configs: layer name -> CrossbarConfig.
-      program_key, read_key: keys of the programming draw and of the read noise (folded with
-        the layer index).
-      noise: traced :class:`~reram_emu.config.NoiseParameters` of one point.
-      scales: layer name -> fixed input step.
-      noisy_program: program with ``noise`` (variation, faults); else ideal programming.
-      noisy_read: read with ``noise`` (read noise, ADC noise: one Gaussian per conversion);
-        else a noise-free read.
-    """
-
-    def __init__(self, configs, program_key, read_key, noise, scales, *,
-                 noisy_program: bool = True, noisy_read: bool = True):
-        self.configs, self.program_key, self.read_key = configs, program_key, read_key
-        self.noise, self.scales = noise, scales
-        self.noisy_program, self.noisy_read = noisy_program, noisy_read
-
-    def __call__(self, index, name, x, w):
-        config = self.configs[name]
-        mapped = encode_weights(w, config)
-        if self.noisy_program:
-            layer = program(mapped, jax.random.fold_in(self.program_key, index), self.noise)
-        else:
-            layer = program(mapped)
-        if self.noisy_read:
-            result = read(layer, x, jax.random.fold_in(self.read_key, index), self.noise,
-                          scale=self.scales[name])
-        else:
-            result = read(layer, x, scale=self.scales[name])
-        return result.outputs.astype(x.dtype)
 
 
 def correct_counter(context: dict, mapping: str, axis: str):
@@ -239,8 +202,7 @@ def correct_counter(context: dict, mapping: str, axis: str):
     name = (mapping, axis)
     if name not in context["functions"]:
         read_ = context["reads"][mapping]
-        model, configs, params, scales = (context["model"], read_["configs"], read_["params"],
-                                          read_["scales"])
+        f, params, scales = read_["analog"], read_["params"], read_["scales"]
         x, y = jnp.asarray(context["x"]), jnp.asarray(context["y"])
         context["traces"][name] = 0
         noisy_program, noisy_read = axis != "read noise", axis != "variation"
@@ -248,9 +210,13 @@ def correct_counter(context: dict, mapping: str, axis: str):
         def count_correct(noise, key):
             context["traces"][name] += 1
             program_key, read_key = jax.random.split(key)
-            runner = SweepRunner(configs, program_key, read_key, noise, scales,
-                                 noisy_program=noisy_program, noisy_read=noisy_read)
-            logits = model.apply(params, x, runner)
+            if noisy_program:
+                state = f.program(params, x, key=program_key, noise=noise)
+            else:
+                state = f.program(params, x)
+            state = state._replace(scales=scales)
+            logits = (f.apply(state, params, x, read_key=read_key, noise=noise) if noisy_read
+                      else f.apply(state, params, x))
             return jnp.sum(jnp.argmax(logits, -1) == y)
 
         context["functions"][name] = count_correct
@@ -271,7 +237,7 @@ def noise_of(points_: list[dict], config: CrossbarConfig):
 def evaluate(context, batch, seed):
     """Accuracy of every point of one mapping, from one vmapped sweep over the points' sigmas
     and the keys. A batch of one noise axis compiles only that non-ideality's path
-    (:class:`SweepRunner`); a batch of both axes compiles both (the other adds exactly 0)."""
+    (:func:`correct_counter`); a batch of both axes compiles both (the other adds exactly 0)."""
     if not batch:
         return []
     mappings = {point.get("mapping") for point in batch}

@@ -53,6 +53,7 @@ from .. import training as T
 from ..config import ADCConfig, CrossbarConfig, DeviceConfig, MappingConfig, preset
 from ..datasets import load_dataset
 from ..models import count_parameters, lenet5, mlp
+from ..nn import analog, evaluate_accuracy
 from . import trained
 
 NAME = "polarize"
@@ -341,7 +342,7 @@ class Context:
     def baseline(self, name: str) -> dict:
         def build():
             data, model, _ = self.data(name)
-            state, _ = T.train(model, model.init(jax.random.key(self.seed)), data,
+            state, _ = T.train(model.apply, model.init(jax.random.key(self.seed)), data,
                                self.train_config(self.settings[name].baseline),
                                checkpoint=str(self.folder(name) / "baseline.npz"), log=self.log,
                                eval_data=self.monitor(name))
@@ -351,7 +352,7 @@ class Context:
     def admm_params(self, name: str, m: int) -> tuple[dict, list]:
         def build():
             data, model, _ = self.data(name)
-            return T.admm_phase(model, self.baseline(name), data, self.admm_config(name, m),
+            return T.admm_phase(model.apply, self.baseline(name), data, self.admm_config(name, m),
                                 self.train_config(self.settings[name].polarize),
                                 checkpoint=str(self.folder(name) / f"admm_m{m}" / "admm.npz"),
                                 log=self.log, eval_data=self.monitor(name))
@@ -365,7 +366,7 @@ class Context:
             aware = T.NoiseAware(combined(m)) if noise_aware else None
             path = self.folder(name) / f"admm_m{m}" / (
                 "finetune_noise_aware.npz" if noise_aware else "finetune.npz")
-            return T.finetune_phase(model, params, data, self.admm_config(name, m),
+            return T.finetune_phase(model.apply, params, data, self.admm_config(name, m),
                                     self.train_config(self.settings[name].polarize),
                                     noise_aware=aware, checkpoint=str(path), log=self.log,
                                     check_config=forms(m), history=history,
@@ -376,7 +377,7 @@ class Context:
         """Per image (bool): is the float model right on the first ``n`` subset images?"""
         _, model, _ = self.data(name)
         x, y = self.subset(name, n)
-        return np.argmax(T.predict(model, params, x), -1) == np.asarray(y)
+        return np.argmax(T.predict(model.apply, params, x), -1) == np.asarray(y)
 
     def emulate(self, name: str, params: dict, config: CrossbarConfig, n: int | None,
                 keys: int = 1, seed: int = 0) -> T.EmulatedEvaluation:
@@ -384,12 +385,12 @@ class Context:
         (calibrated on the first training images)."""
         data, model, _ = self.data(name)
         s = self.settings[name]
-        scales = T.calibrate_input_scales(model, params, data.x_train[:s.calibration_images],
+        scales = T.calibrate_input_scales(model.apply, params, data.x_train[:s.calibration_images],
                                           config)
         x, y = self.subset(name, n)
-        return T.evaluate_emulated(model, params, x, y, config, keys=keys,
-                                   seed=self.seed * 1000 + seed, scales=scales,
-                                   batch_size=s.batch_size)
+        return evaluate_accuracy(analog(model.apply, config, nonnegative_inputs=True), params,
+                                 x, y, keys=keys, seed=self.seed * 1000 + seed, scales=scales,
+                                 batch_size=s.batch_size)
 
     def clean_read(self, name: str, m: int) -> T.EmulatedEvaluation:
         """The polarized model at ``m`` read without noise on the eval subset (cached: the
@@ -406,7 +407,7 @@ class Context:
         s = self.settings[name]
         trained_before = (self.folder(name) / "baseline.npz").exists()
         params = self.baseline(name)
-        acc = T.accuracy(model, params, data.x_test, data.y_test)
+        acc = T.accuracy(model.apply, params, data.x_test, data.y_test)
         row = {"model": s.model, "parameters": count_parameters(params),
                "test_images": len(data.x_test), "train_images": len(data.x_train),
                "float_acc": acc, "loaded_checkpoint": trained_before}
@@ -423,7 +424,8 @@ class Context:
         base = self.baseline(name)
         result = self.polarized(name, m)
         t_train = time.perf_counter() - t0
-        accepted = admm_lib.check_polarized(model.weights(result.params), m, forms(m))
+        view = T.crossbar_view(model.apply, base, data.x_test[:1])
+        accepted = admm_lib.check_polarized(view.get(result.params), m, forms(m))
         t0 = time.perf_counter()
         clean = self.clean_read(name, m)
         base_ok = self.float_correct(name, base, s.eval_images)
@@ -432,10 +434,10 @@ class Context:
                               s.forced_images)
         base_forced = base_ok[:forced.images]
         loss = T.crossed_ci(base_forced.astype(float) - forced.correct[0])
-        reports = admm_lib.polarization_reports(model.weights(base), m, "sum")
+        reports = admm_lib.polarization_reports(view.get(base), m, "sum")
         history = result.history
         return {
-            "float_acc": T.accuracy(model, result.params, data.x_test, data.y_test),
+            "float_acc": T.accuracy(model.apply, result.params, data.x_test, data.y_test),
             "emulated_acc": clean.mean, "eval_images": clean.images,
             "baseline_float_acc_eval_images": float(np.mean(base_ok)),
             "drop_points": 100 * drop[0], "drop_ci_points": [100 * drop[1], 100 * drop[2]],
@@ -521,8 +523,8 @@ class Context:
             "noise_aware_combined_ci": [aware_noisy.ci_low, aware_noisy.ci_high],
             "gain_points": 100 * gain[0], "gain_ci_points": [100 * gain[1], 100 * gain[2]],
             "gain_welch_keys_ci_points": [100 * welch[1], 100 * welch[2]],
-            "plain_float_acc": T.accuracy(model, plain.params, data.x_test, data.y_test),
-            "noise_aware_float_acc": T.accuracy(model, aware.params, data.x_test, data.y_test),
+            "plain_float_acc": T.accuracy(model.apply, plain.params, data.x_test, data.y_test),
+            "noise_aware_float_acc": T.accuracy(model.apply, aware.params, data.x_test, data.y_test),
             "clean_images": n_clean,
             "plain_clean_acc": float(np.mean(plain_clean.correct[0, :n_clean])),
             "noise_aware_clean_acc": aware_clean.mean,
@@ -695,7 +697,12 @@ def _dataset_section(rows, name) -> list[str]:
                 f"and masks) and run the same {r['finetune_epochs']} epochs of "
                 f"{r['finetune_steps_per_epoch']} steps; the noise-aware one draws device "
                 f"variation every step and adds the read's output noise "
-                f"(`reram_emu.training.NoiseAware`, the fast output-noise model). Combined noise: log-normal "
+                f"(`reram_emu.training.NoiseAware`: the `noise_aware` mode of "
+                f"`reram_emu.nn.analog`, the fast output-noise model). Since that mode replaced "
+                f"the earlier runner class, this section's numbers differ from earlier runs "
+                f"(other per-layer keys, an exact straight-through estimator, the read's own "
+                f"per-vector input step for the output noise); every other number of this "
+                f"study is bit-identical, old and new code run side by side. Combined noise: log-normal "
                 f"variation {VARIATION_SIGMA}, read noise {READ_NOISE} per cell and read, ADC "
                 f"noise {ADC_NOISE_LSB} LSB, FORMS ADC; {r['keys']} keys x {r['images']} test "
                 f"images through the full emulated read.", "",

@@ -24,7 +24,7 @@ from .. import admm as admm_lib
 from .. import training
 from ..config import ADCConfig, CrossbarConfig, InputConfig, preset
 from ..datasets import Dataset, load_dataset
-from ..models import Model, mlp
+from ..models import Network, mlp
 
 __all__ = ["TrainedModels", "digits_mlp", "forms_config", "INPUT_BITS"]
 
@@ -40,7 +40,7 @@ class TrainedModels(NamedTuple):
     """A data set, a model and its trained parameters.
 
     Attributes:
-      model, data: the :class:`~reram_emu.models.Model` and :class:`~reram_emu.datasets.Dataset`.
+      model, data: the :class:`~reram_emu.models.Network` and :class:`~reram_emu.datasets.Dataset`.
       float_params: the float baseline (not polarized, not quantized).
       polarized: fragment rows m -> parameters polarized at m, 8-bit quantized weights.
       float_accuracy: test accuracy of ``float_params`` (fraction).
@@ -49,7 +49,7 @@ class TrainedModels(NamedTuple):
         (:func:`reram_emu.training.calibrate_input_scales`).
     """
 
-    model: Model
+    model: Network
     data: Dataset
     float_params: dict
     polarized: dict
@@ -84,7 +84,7 @@ def digits_mlp(work_dir: str | os.PathLike, fragment_rows=(4, 8, 16), *, seed: i
     model = mlp((64, 128, 64, 10))
     baseline = dataclasses.replace(BASELINE, seed=seed)
     initial = jax.jit(model.init)(jax.random.key(seed))
-    state, _ = training.train(model, initial, data, baseline,
+    state, _ = training.train(model.apply, initial, data, baseline,
                               checkpoint=str(work / "baseline.npz"), log=log)
     float_params = state.params
     admm = ADMM_QUICK if quick else ADMM_FULL
@@ -94,21 +94,21 @@ def digits_mlp(work_dir: str | os.PathLike, fragment_rows=(4, 8, 16), *, seed: i
         admm_m, polarize_config = (dataclasses.replace(admm, fragment_rows=int(m)),
                                    dataclasses.replace(POLARIZE, seed=seed))
         provenance = training.checkpoint_provenance(
-            f"polarized m={int(m)}", seed, model=model, admm=admm_m, config=polarize_config,
+            f"polarized m={int(m)}", seed, model=model.apply, admm=admm_m, config=polarize_config,
             start=float_params, check=forms_config(int(m)))
         if final.exists():
             polarized[int(m)] = training.load_checkpoint(str(final), initial,
                                                          expect=provenance)[0]
         else:
             result = training.polarize(
-                model, float_params, data, admm_m, polarize_config,
+                model.apply, float_params, data, admm_m, polarize_config,
                 checkpoint_dir=str(work / f"admm_m{m}"), log=log,
                 check_config=forms_config(int(m)))
             polarized[int(m)] = result.params
             training.save_checkpoint(str(final), result.params, epoch=0, step=0, seed=seed,
                                      done=True, provenance=provenance)
-        polarized_accuracy[int(m)] = training.accuracy(model, polarized[int(m)], data.x_test,
+        polarized_accuracy[int(m)] = training.accuracy(model.apply, polarized[int(m)], data.x_test,
                                                        data.y_test)
     return TrainedModels(model, data, float_params, polarized,
-                         training.accuracy(model, float_params, data.x_test, data.y_test),
+                         training.accuracy(model.apply, float_params, data.x_test, data.y_test),
                          polarized_accuracy, np.asarray(data.x_train[:500]))

@@ -217,14 +217,19 @@ def cycle_statistics(x_int: dict, bits: int, fragment_rows, first: str, images: 
 
 
 def _record(model, params, data, calibration_x) -> dict:
+    """Each layer's activations and fixed input steps, by the model's layer name (the crossbar
+    layer of ``name`` is the product with the parameter ``name/w``)."""
     records = cost_study.crossbar_inputs(model, params, jnp.asarray(data.x_test))
-    activations = {name: records[name][0] for name in model.layer_names}
-    steps = {bits: calibrate_input_scales(model, params, calibration_x,
-                                          CrossbarConfig(inputs=InputConfig(bits=bits)))
-             for bits in INPUT_BITS}
-    return {"activations": activations, "vectors_per_image": {n: records[n][1]
-                                                             for n in model.layer_names},
-            "steps": steps, "first": model.layer_names[0], "images": int(len(data.x_test))}
+    names = model.layer_names
+    activations = {name: records[f"{name}/w"][0] for name in names}
+    steps = {}
+    for bits in INPUT_BITS:
+        calibrated = calibrate_input_scales(model.apply, params, calibration_x,
+                                            CrossbarConfig(inputs=InputConfig(bits=bits)))
+        steps[bits] = {name: calibrated[f"{name}/w"] for name in names}
+    return {"activations": activations,
+            "vectors_per_image": {n: records[f"{n}/w"][1] for n in names},
+            "steps": steps, "first": names[0], "images": int(len(data.x_test))}
 
 
 def prepare(quick: bool, seed: int, work_dir):

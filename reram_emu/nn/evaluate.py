@@ -1,11 +1,10 @@
 """Accuracy of any model read through the crossbars of an :class:`~reram_emu.nn.Analog`, over
 noise keys, with confidence intervals.
 
-Each key is split into a programming key and a read key (``jax.random.split``, as
-:func:`reram_emu.training.evaluate_emulated` does, so the two give the same numbers); the model
-is programmed once per key (layer ``i`` from ``fold_in(program_key, i)``) and every batch is
-read with it (batch ``b``, layer ``i`` from ``fold_in(fold_in(read_key, b), i)``): program
-once, read many. One compiled read serves every
+Each key is split into a programming key and a read key (``jax.random.split``, as every
+evaluation of the package does); the model is programmed once per key (layer ``i`` from
+``fold_in(program_key, i)``) and every batch is read with it (batch ``b``, layer ``i`` from
+``fold_in(fold_in(read_key, b), i)``): program once, read many. One compiled read serves every
 batch and key (a shorter last batch is padded; its padding rows are read and not counted; a
 row's noise does not depend on the other rows of its batch).
 """
@@ -14,17 +13,54 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..checks import check_noise
-from ..training import EmulatedEvaluation, mean_ci, noise_keys
+from ..stats import mean_ci
 from .train import check_labelled
-from .transform import Analog, split_arrays
+from .transform import Analog, AnalogState, split_arrays
 
-__all__ = ["evaluate_accuracy", "program_and_read_keys"]
+__all__ = ["evaluate_accuracy", "program_and_read_keys", "EmulatedEvaluation", "noise_keys"]
+
+
+class EmulatedEvaluation(NamedTuple):
+    """Accuracy read through the emulator: per key, mean, std and the 95 % t interval over
+    keys (fractions in [0, 1]); ``images`` evaluated and ``seconds`` of wall time;
+    ``correct`` (keys, images) bool: which image each key classified correctly (for intervals
+    that also cover the choice of images, :func:`crossed_ci`)."""
+
+    accuracies: np.ndarray
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+    images: int
+    seconds: float
+    correct: np.ndarray | None = None
+
+
+def noise_keys(keys, seed: int = 0) -> jax.Array:
+    """The (n,) typed noise keys of an evaluation: ``keys`` as a number of keys (split from
+    ``seed``), an (n,) array of typed keys, or None (one key)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if keys is None:
+        keys = 1
+    if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
+        if keys < 1:
+            raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of "
+                             f"jax.random keys, got {keys}")
+        return jax.random.split(jax.random.key(int(seed)), int(keys))
+    if not (hasattr(keys, "dtype") and jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+            and keys.ndim == 1 and keys.shape[0] >= 1):
+        raise ValueError(f"keys must be a number of keys >= 1 or a (n,) array of typed "
+                         f"jax.random keys (jax.random.split(jax.random.key(0), n)), got "
+                         f"{type(keys).__name__} {getattr(keys, 'shape', '')}")
+    return keys
 
 
 def program_and_read_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -52,7 +88,8 @@ def _batch_correct(f: Analog, skeleton, state, arrays, key, index, xb, yb, noise
 
 
 def evaluate_accuracy(f: Analog, params, x, y, *, keys=None, seed: int = 0, noise=None,
-                      batch_size: int = 1000, calibrate=None) -> EmulatedEvaluation:
+                      batch_size: int = 1000, calibrate=None, scales=None
+                      ) -> EmulatedEvaluation:
     """Classification accuracy of ``f(params, x)`` (logits (N, classes)) over noise keys.
 
     Args:
@@ -62,8 +99,10 @@ def evaluate_accuracy(f: Analog, params, x, y, *, keys=None, seed: int = 0, nois
       noise: traced :class:`~reram_emu.NoiseParameters` overriding the configured numbers.
       calibrate: None, or inputs to calibrate every programmed state on
         (:meth:`Analog.calibrate`) before reading (PRIME's calibrated ADC).
+      scales: None (each layer's configured input scale), or fixed input steps
+        ``{layer name: step}`` (input units per code) for the layers named.
 
-    Returns an :class:`~reram_emu.training.EmulatedEvaluation` (per-key accuracies, mean,
+    Returns an :class:`EmulatedEvaluation` (per-key accuracies, mean,
     std, 95 % t interval over keys, seconds, and the (keys, N) correctness table).
     """
     t0 = time.perf_counter()
@@ -81,17 +120,42 @@ def evaluate_accuracy(f: Analog, params, x, y, *, keys=None, seed: int = 0, nois
     batch_size = int(min(batch_size, n))
     example = jnp.asarray(np.asarray(x[:batch_size]))
     needs_state = f.mode in ("emulated", "noise_aware")
+    infos = f.layers(params, example)
+    arrays, skeleton = split_arrays(params)
+    shape = jax.eval_shape(lambda a, xb: f.apply_fn(skeleton.rebuild(a), xb), arrays,
+                           example).shape
+    if len(shape) != 2:
+        raise ValueError(f"the model must return logits (batch, classes), got shape {shape}")
+    labels_np = np.asarray(y)
+    if labels_np.min() < 0 or labels_np.max() >= shape[1]:
+        raise ValueError(f"labels must lie in [0, {shape[1] - 1}] (the model has {shape[1]} "
+                         f"outputs), got [{labels_np.min()}, {labels_np.max()}]")
+    fixed = {}
+    if scales is not None:
+        names = {info.name for info in infos if info.config is not None}
+        unknown = sorted(set(scales) - names) if isinstance(scales, dict) else None
+        if unknown is None or unknown:
+            raise ValueError(f"scales must be a dict {{layer name: input step}} over the "
+                             f"crossbar layers {sorted(names)}, got "
+                             f"{unknown if unknown else type(scales).__name__}")
+        for name, value in scales.items():
+            value = np.asarray(value, np.float64)
+            if value.shape != () or not np.isfinite(value) or value <= 0:
+                raise ValueError(f"scales[{name!r}] must be a finite number > 0, got {value}")
+            fixed[name] = jnp.asarray(value, jnp.float32)
 
-    strict = {info.name for info in f.layers(params, example) if info.config is not None
+    strict = {info.name for info in infos if info.config is not None
               and info.config.mapping.scheme == "polarized"
               and info.config.mapping.on_violation == "error"}
-    arrays, skeleton = split_arrays(params)
     labels = np.asarray(y, np.int32)
     correct = np.zeros((keys.shape[0], n), bool)
     for k in range(keys.shape[0]):
         state = (_program(f, skeleton, arrays, example, keys[k], noise) if needs_state
                  else None)
-        for name in sorted(strict if state is not None else ()):
+        if fixed:
+            state = (AnalogState({}, {}, dict(fixed)) if state is None else
+                     state._replace(scales={**state.scales, **fixed}))
+        for name in sorted(strict if needs_state else ()):
             zeroed = int(state.weights_zeroed[name])
             if zeroed:
                 raise ValueError(
@@ -99,7 +163,7 @@ def evaluate_accuracy(f: Analog, params, x, y, *, keys=None, seed: int = 0, nois
                     f"so the FORMS mapping would zero them; polarize the model, or pass a "
                     f"config with MappingConfig(on_violation='project') to read the projected "
                     f"weights")
-        if calibrate is not None and state is not None:
+        if calibrate is not None and needs_state:
             state = f.calibrate(state, params, jnp.asarray(calibrate), noise=noise,
                                 read_key=program_and_read_keys(keys[k])[1])
         for b, i in enumerate(range(0, n, batch_size)):

@@ -14,7 +14,7 @@ Everything above it (the :func:`reram_emu.nn.analog` transform, training, evalua
 * ``"noise_aware"``: the fast forward of noise-aware training: ``x @ w_realized`` with the
   programmed layer's effective weights (:func:`reram_emu.effective_weights`: quantization,
   polarization, variation, faults, finite levels, IR drop) plus Gaussian output noise with
-  the read noise's and ADC noise's moments (:func:`reram_emu.layers.output_noise_moments`).
+  the read noise's and ADC noise's moments (:func:`reram_emu.nn.moments.output_noise_moments`).
 
 Every mode but ``"float"`` has the gradient of ``x @ w`` through a straight-through
 estimator, so ``jax.grad`` reaches ``w`` and ``x``. Keys are explicit: programming
@@ -25,6 +25,7 @@ read draws its read and ADC noise from the read key. ``noise`` (traced
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -32,11 +33,11 @@ import jax.numpy as jnp
 
 from ..config import CrossbarConfig, NoiseParameters
 from ..crossbar import ProgrammedLayer, ReadCounts, effective_weights, program, read
-from ..layers import output_noise_moments
 from ..mapping import encode_weights
 from ..quantization import input_scale, quantize_inputs
+from .moments import output_noise_moments
 
-__all__ = ["MODES", "CrossbarProduct", "program_weights", "crossbar_matmul"]
+__all__ = ["MODES", "CrossbarProduct", "program_weights", "crossbar_matmul", "layer_config"]
 
 MODES = ("float", "digital", "emulated", "noise_aware")
 """The modes of :func:`crossbar_matmul` (module docstring)."""
@@ -56,6 +57,28 @@ def ste(x: jax.Array, x_forward: jax.Array) -> jax.Array:
     the value is ``x_forward`` bit for bit (``x + stop_gradient(x_forward - x)`` rounds).
     """
     return x_forward + (x - jax.lax.stop_gradient(x))
+
+
+def layer_config(config: CrossbarConfig, out_features: int, trim_columns: bool = True
+                 ) -> CrossbarConfig:
+    """The configuration one layer is emulated with.
+
+    With ``trim_columns`` a layer whose slice columns do not fill a crossbar tile
+    (``out_features * slices < columns``) is emulated on a tile trimmed to the columns it uses.
+    This is an emulation shortcut, not a different design: the unused columns of the full tile
+    hold zero weights and contribute nothing to the outputs (outputs and their noise
+    distributions are the same), but :func:`reram_emu.read` computes every column of a tile, so
+    a 6-filter convolution would otherwise cost 128 / 24 = 5.3x more. Hardware counts
+    (``ReadCounts``) then count the used columns only.
+    """
+    if not trim_columns:
+        return config
+    slices = config.weight_slices
+    needed = out_features * slices
+    if needed >= config.geometry.columns:
+        return config
+    geometry = dataclasses.replace(config.geometry, columns=needed)
+    return config.replace(geometry=geometry)
 
 
 def check_mode(mode) -> str:

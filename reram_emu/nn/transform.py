@@ -48,9 +48,8 @@ import numpy as np
 from ..checks import check_key, check_noise, is_concrete
 from ..config import CrossbarConfig, NoiseParameters
 from ..crossbar import ProgrammedLayer, ReadCounts, calibrate_adc
-from ..layers import layer_config
 from . import _trace
-from .op import MODES, check_mode, crossbar_matmul, program_weights
+from .op import MODES, check_mode, crossbar_matmul, layer_config, program_weights
 
 __all__ = ["analog", "Analog", "AnalogState", "LayerInfo", "WeightView"]
 
@@ -502,6 +501,20 @@ class Analog:
         return self._run(None, params, args, kwargs, program_key, read_key, noise,
                          return_counts)
 
+    def layer_inputs(self, params, *args, **kwargs) -> dict:
+        """``{layer name: (R, K) inputs}``: what every crossbar layer multiplies in the float
+        forward (a convolution's im2col rows), for calibrating input steps or ADC ranges from
+        the ideal model's activations. Traceable (``jit`` it for speed)."""
+        seen = {}
+
+        def before_read(site, config, x2d):
+            seen[site.name] = x2d
+            return None
+
+        self._run(None, params, args, kwargs, None, None, None, False,
+                  before_read=before_read, mode="float")
+        return seen
+
     def calibrate(self, state: AnalogState, params, *args, percentile: float = 99.99,
                   input_scales: bool = False, read_key: jax.Array | None = None,
                   noise: NoiseParameters | None = None, **kwargs) -> AnalogState:
@@ -622,7 +635,7 @@ def analog(apply: Callable, config: CrossbarConfig | None = None, *, mode: str =
         ones that are): the first layer then reads unsigned inputs.
       signed_inputs: ``"auto"``, True or False (module docstring).
       trim_columns: emulate a layer narrower than a tile on a tile trimmed to its columns
-        (outputs and noise unchanged, :func:`reram_emu.layers.layer_config`).
+        (outputs and noise unchanged, :func:`reram_emu.nn.layer_config`).
 
     Returns an :class:`Analog`: call it as ``f(params, *inputs, program_key=, read_key=)``, or
     program once with ``f.program(params, *inputs, key=)`` and read with
