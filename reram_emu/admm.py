@@ -44,12 +44,14 @@ from .config import CrossbarConfig, MappingConfig, WeightConfig
 from .mapping import map_weights
 from .polarization import (PolarizationReport, fragment_signs, is_polarized,
                            polarization_violations, project_polarized)
+from .pruning import PruneConfig, project_pruned
 from .quantization import quantize_weights
 
 __all__ = ["ADMMConfig", "ADMMState", "init_admm", "rho_at", "admm_penalty", "update_signs",
            "admm_update", "decoupled_penalty_step", "primal_residuals", "hard_projection",
            "masked_updates",
-           "clamp_to_signs", "quantize_weights_dict", "check_polarized", "polarization_reports",
+           "clamp_to_signs", "quantize_weights_dict", "check_polarized", "check_constraint",
+           "polarization_reports",
            "signs_of"]
 
 
@@ -78,6 +80,11 @@ class ADMMConfig:
         and lets the growing penalty drown the loss's gradient in Adam's second moment.
       penalty_lr: step size of the decoupled penalty step: each step moves W towards
         ``Z - U`` by the fraction ``penalty_lr * rho`` (capped at 1).
+      prune: the constraint set. None (default): polarized fragments (the polarizer). A
+        :class:`reram_emu.pruning.PruneConfig`: at most k non-zero structures per layer (the
+        crossbar-aware pruner; Z-step :func:`reram_emu.pruning.project_pruned`, no fragment
+        signs; ``rule`` and ``sign_every`` are then unused and ``weight_bits`` should be None,
+        as quantization comes last in the FORMS flow).
     """
 
     fragment_rows: int = 8
@@ -94,8 +101,12 @@ class ADMMConfig:
     weight_bits: int | None = 8
     decoupled: bool = True
     penalty_lr: float = 1.0
+    prune: PruneConfig | None = None
 
     def __post_init__(self):
+        if self.prune is not None and not isinstance(self.prune, PruneConfig):
+            raise TypeError(f"prune must be None or a reram_emu.pruning.PruneConfig, got "
+                            f"{type(self.prune).__name__}")
         if self.rule not in ("sum", "euclidean"):
             raise ValueError(f"rule must be 'sum' or 'euclidean', got {self.rule!r}")
         if self.fragment_rows < 1:
@@ -119,16 +130,29 @@ class ADMMState(NamedTuple):
 
 
 def signs_of(weights: dict, config: ADMMConfig) -> dict:
-    """Fragment signs (F, N) of every layer by the configured rule."""
+    """Fragment signs (F, N) of every layer by the configured rule (``{}`` when pruning)."""
+    if config.prune is not None:
+        return {}
     return {name: fragment_signs(w, config.fragment_rows, config.rule)
             for name, w in weights.items()}
 
 
+def _project(name: str, w: jax.Array, signs: dict, config: ADMMConfig):
+    """The Z-step's projection of one layer onto the constraint set: ``(projected, mask)``;
+    the mask is 1 where a weight may stay non-zero."""
+    if config.prune is not None:
+        return project_pruned(w, config.prune.ratios(name), config.prune.fragment_rows)
+    expanded = jnp.repeat(signs[name], config.fragment_rows, axis=0)[:w.shape[0]]
+    projected = project_polarized(w, config.fragment_rows, signs=signs[name])
+    return projected, (w * expanded >= 0).astype(w.dtype)
+
+
 def init_admm(weights: dict, config: ADMMConfig) -> ADMMState:
     """Signs from ``W`` by the rule, ``Z = project(W)``, ``U = 0``, ``rho = config.rho``."""
+    if config.prune is not None:
+        config.prune.check_layers(weights)
     signs = signs_of(weights, config)
-    z = {name: project_polarized(w, config.fragment_rows, signs=signs[name])
-         for name, w in weights.items()}
+    z = {name: _project(name, w, signs, config)[0] for name, w in weights.items()}
     u = {name: jnp.zeros_like(w) for name, w in weights.items()}
     return ADMMState(z, u, signs, jnp.asarray(config.rho, jnp.float32),
                      jnp.asarray(0, jnp.int32))
@@ -156,18 +180,17 @@ def decoupled_penalty_step(weights: dict, state: ADMMState, penalty_lr: float) -
 
 
 def update_signs(weights: dict, state: ADMMState, config: ADMMConfig) -> ADMMState:
-    """Re-estimate every fragment's sign from ``W + U`` by the configured rule."""
-    signs = {name: fragment_signs(w + state.u[name], config.fragment_rows, config.rule)
-             for name, w in weights.items()}
-    return state._replace(signs=signs)
+    """Re-estimate every fragment's sign from ``W + U`` by the configured rule (no-op when
+    pruning)."""
+    return state._replace(signs=signs_of({name: w + state.u[name]
+                                          for name, w in weights.items()}, config))
 
 
 def admm_update(weights: dict, state: ADMMState, config: ADMMConfig) -> ADMMState:
     """Z-step and dual step: ``Z = project(W + U, signs)``, ``U += W - Z``; then rho grows."""
     z, u = {}, {}
     for name, w in weights.items():
-        z[name] = project_polarized(w + state.u[name], config.fragment_rows,
-                                    signs=state.signs[name])
+        z[name] = _project(name, w + state.u[name], state.signs, config)[0]
         u[name] = state.u[name] + w - z[name]
     updates = state.updates + 1
     return ADMMState(z, u, state.signs, rho_at(config, updates).astype(state.rho.dtype), updates)
@@ -183,17 +206,17 @@ def primal_residuals(weights: dict, state: ADMMState) -> dict:
 
 
 def hard_projection(weights: dict, config: ADMMConfig, signs: dict | None = None):
-    """Project every layer onto P_m: returns ``(projected, signs, masks)``.
+    """Project every layer onto the constraint set: returns ``(projected, signs, masks)``.
 
-    ``signs`` default to the rule applied to ``weights``. ``masks`` (K, N) are 1 where a weight
-    may stay nonzero (it agrees with its fragment's sign) and 0 where it was zeroed. Idempotent.
+    Polarizing: ``signs`` default to the rule applied to ``weights``; ``masks`` (K, N) are 1
+    where a weight may stay nonzero (it agrees with its fragment's sign) and 0 where it was
+    zeroed. Pruning: ``signs`` is ``{}`` and ``masks`` are 1 inside the kept structures.
+    Idempotent.
     """
     signs = signs_of(weights, config) if signs is None else signs
     projected, masks = {}, {}
     for name, w in weights.items():
-        projected[name] = project_polarized(w, config.fragment_rows, signs=signs[name])
-        expanded = jnp.repeat(signs[name], config.fragment_rows, axis=0)[:w.shape[0]]
-        masks[name] = (w * expanded >= 0).astype(w.dtype)
+        projected[name], masks[name] = _project(name, w, signs, config)
     return projected, signs, masks
 
 
@@ -203,10 +226,14 @@ def masked_updates(updates: dict, masks: dict) -> dict:
 
 
 def clamp_to_signs(weights: dict, signs: dict, masks: dict, fragment_rows: int) -> dict:
-    """Keep a fine-tuned matrix on P_m: zero masked weights and any weight that crossed to the
-    wrong side of its fragment's sign (it may grow back on the right side later)."""
+    """Keep a fine-tuned matrix on its constraint set: zero masked weights and any weight that
+    crossed to the wrong side of its fragment's sign (it may grow back on the right side
+    later). A layer without signs (pruning) is only masked."""
     out = {}
     for name, w in weights.items():
+        if name not in signs:
+            out[name] = jnp.where(masks[name] > 0, w, 0.0).astype(w.dtype)
+            continue
         expanded = jnp.repeat(signs[name], fragment_rows, axis=0)[:w.shape[0]]
         out[name] = jnp.where((w * expanded >= 0) & (masks[name] > 0), w, 0.0).astype(w.dtype)
     return out
@@ -221,6 +248,17 @@ def quantize_weights_dict(weights: dict, bits: int = 8, scale: str = "per_layer"
         integers, s = quantize_weights(w, config)
         out[name] = (integers * s).astype(w.dtype)
     return out
+
+
+def check_constraint(weights: dict, config: ADMMConfig,
+                     crossbar_config: CrossbarConfig | None = None) -> bool:
+    """True when every layer is on the ADMM stage's constraint set: polarized
+    (:func:`check_polarized`, with ``crossbar_config`` also mapped strictly) or, when pruning,
+    with at most the kept number of each structure (the pruning projection changes nothing)."""
+    if config.prune is None:
+        return check_polarized(weights, config.fragment_rows, crossbar_config)
+    return all(bool(jnp.array_equal(_project(name, jnp.asarray(w), {}, config)[0], w))
+               for name, w in weights.items())
 
 
 def polarization_reports(weights: dict, fragment_rows: int, rule: str = "sum"

@@ -446,20 +446,22 @@ def _make_step(apply: Callable, view, phase: str, noise_aware: NoiseAware | None
 
     @jax.jit
     def step(state: TrainState, x, y, key):
+        # masks: the finetune phase's, or an ADMM phase's from an earlier stage of the flow
+        masked = state.masks is not None
         grads, (loss, acc) = jax.grad(loss_fn, has_aux=True)(state.params, state, x, y, key)
-        if phase == "finetune":
+        if masked:
             grads = view.put(grads, admm_lib.masked_updates(view.get(grads), state.masks))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        if phase == "finetune":
+        if masked:
             updates = view.put(updates, admm_lib.masked_updates(view.get(updates),
                                                                 state.masks))
         params = optax.apply_updates(state.params, updates)
         if phase == "admm" and admm.decoupled:
             params = view.put(params, admm_lib.decoupled_penalty_step(
                 view.get(params), state.admm, admm.penalty_lr))
-        if phase == "finetune":
+        if masked:
             params = view.put(params, admm_lib.clamp_to_signs(
-                view.get(params), state.signs, state.masks, admm.fragment_rows))
+                view.get(params), state.signs or {}, state.masks, admm.fragment_rows))
         return state._replace(params=params, opt_state=opt_state), {"loss": loss, "acc": acc}
 
     return step
@@ -496,7 +498,9 @@ def train(model, params, data, config: TrainConfig, *, phase: str = "baseline",
         ``x_test``/``y_test`` for the per-epoch test accuracy.
       phase: ``"baseline"``, ``"admm"`` (needs ``admm``) or ``"finetune"`` (needs ``admm``,
         ``signs`` and ``masks`` keyed by crossbar layer name, :func:`crossbar_view`;
-        ``params`` must already be projected).
+        ``params`` must already be projected; ``signs`` is ``{}`` after pruning).
+        ``masks`` given to an ``"admm"`` phase are an earlier stage's (e.g. pruning's, before
+        polarizing): the weights they zero stay exactly zero.
       checkpoint: path of this phase's .npz; resumed from when it exists.
       stop_after: return after this many epochs of this call, as an interrupted run would
         (the checkpoint is then not marked done; a later call resumes).
@@ -508,6 +512,8 @@ def train(model, params, data, config: TrainConfig, *, phase: str = "baseline",
         raise ValueError(f"phase {phase!r} needs an ADMMConfig")
     if phase == "finetune" and (signs is None or masks is None):
         raise ValueError("the finetune phase needs the signs and masks of the hard projection")
+    if phase == "baseline" and masks is not None:
+        raise ValueError("masks apply to the 'admm' and 'finetune' phases only")
     if noise_aware is not None and not isinstance(noise_aware, NoiseAware):
         raise TypeError(f"noise_aware must be a NoiseAware, got {type(noise_aware).__name__}")
     log = log or (lambda s: None)
@@ -528,11 +534,12 @@ def train(model, params, data, config: TrainConfig, *, phase: str = "baseline",
                        admm=(admm_lib.init_admm(view.get(params), admm)
                              if phase == "admm" else None),
                        signs=signs if phase == "finetune" else None,
-                       masks=masks if phase == "finetune" else None)
+                       masks=masks)
     start_epoch, step, history = 0, 0, []
     provenance = None if checkpoint is None else checkpoint_provenance(
         phase, config.seed, model=model, config=config, admm=admm, noise_aware=noise_aware,
-        start=params, data=[list(x_train.shape), y_train])
+        start=params, data=[list(x_train.shape), y_train],
+        **({"prior_masks": masks} if phase == "admm" and masks is not None else {}))
     if checkpoint is not None and os.path.exists(checkpoint):
         state, meta = load_checkpoint(checkpoint, state, expect=provenance)
         start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
@@ -594,9 +601,10 @@ def train(model, params, data, config: TrainConfig, *, phase: str = "baseline",
 
 
 class PolarizeResult(NamedTuple):
-    """Output of :func:`polarize`: final (quantized, polarized) params, the fragment signs and
-    masks of the hard projection (by crossbar layer name), the histories and the per-layer
-    fraction of weights the hard projection zeroed."""
+    """Output of :func:`polarize`: final (quantized, polarized or pruned) params, the fragment
+    signs (``{}`` when pruning) and masks of the hard projection (by crossbar layer name; times
+    an earlier stage's masks), the histories and the per-layer fraction of weights the masks
+    zero."""
 
     params: Any
     signs: dict
@@ -612,16 +620,17 @@ def _phase_checkpoint(checkpoint_dir: str | None, name: str) -> str | None:
 def admm_phase(model, params, data, admm: admm_lib.ADMMConfig,
                config: TrainConfig, *, noise_aware: NoiseAware | None = None,
                checkpoint: str | None = None, log: Callable[[str], None] | None = print,
-               eval_data=None) -> tuple[Any, list]:
+               eval_data=None, masks: dict | None = None) -> tuple[Any, list]:
     """The ADMM phase of :func:`polarize` alone: ``admm.epochs`` epochs of W-steps with Z/U
     updates (``config.epochs`` is ignored; the learning-rate schedule is
     ``admm.admm_schedule``). Returns ``(params, history)``; the params are close to, not on,
-    the polarized set (see :func:`finetune_phase`)."""
+    the constraint set (see :func:`finetune_phase`). ``masks``: an earlier stage's, whose
+    zeros stay zero."""
     state, history = train(
         model, params, data,
         dataclasses.replace(config, epochs=admm.epochs, schedule=admm.admm_schedule),
         phase="admm", admm=admm, noise_aware=noise_aware, checkpoint=checkpoint, log=log,
-        eval_data=eval_data)
+        eval_data=eval_data, masks=masks)
     return state.params, history
 
 
@@ -629,17 +638,23 @@ def finetune_phase(model, admm_params, data, admm: admm_lib.ADMMConfig,
                    config: TrainConfig, *, noise_aware: NoiseAware | None = None,
                    checkpoint: str | None = None, log: Callable[[str], None] | None = print,
                    eval_data=None, check_config: CrossbarConfig | None = None,
-                   history: list | None = None) -> PolarizeResult:
+                   history: list | None = None, masks: dict | None = None) -> PolarizeResult:
     """The end of :func:`polarize`: hard projection of ``admm_params`` -> masked fine-tuning
     (``admm.finetune_epochs`` epochs, optionally noise-aware) -> ``admm.weight_bits``
     quantization -> check. ``history`` (e.g. the ADMM phase's) is prepended to the returned
-    history. Raises RuntimeError if the result is not exactly polarized.
+    history. ``masks`` (an earlier stage's) multiply the projection's, so nothing an earlier
+    stage zeroed grows back. Raises RuntimeError if the result is not exactly on the
+    constraint set (polarized, or pruned to at most k structures).
 
     Starting two fine-tunings (say plain and noise-aware) from the same ``admm_params``
     compares the fine-tunings alone: same signs, same masks, same number of steps.
     """
     view = crossbar_view(model, admm_params, np.asarray(data.x_train)[:config.batch_size])
+    prior = masks
     projected, signs, masks = admm_lib.hard_projection(view.get(admm_params), admm)
+    if prior is not None:
+        masks = {name: m * prior[name] for name, m in masks.items()}
+        projected = {name: w * masks[name] for name, w in projected.items()}
     zeroed = {name: float(1.0 - jnp.mean(masks[name])) for name in masks}
     start = view.put(admm_params, projected)
     ft_state, ft_history = train(
@@ -650,16 +665,26 @@ def finetune_phase(model, admm_params, data, admm: admm_lib.ADMMConfig,
     if admm.weight_bits is not None:
         final = view.put(final, admm_lib.quantize_weights_dict(view.get(final),
                                                                admm.weight_bits))
-    if not admm_lib.check_polarized(view.get(final), admm.fragment_rows, check_config):
-        raise RuntimeError("the polarized weights violate the fragment constraint")
+    if not admm_lib.check_constraint(view.get(final), admm, check_config):
+        raise RuntimeError("the weights violate the constraint of the ADMM stage ("
+                           + ("pruning" if admm.prune is not None else "polarization") + ")")
+    if prior is not None and not all(bool(jnp.all(jnp.where(prior[n] == 0, w == 0, True)))
+                                     for n, w in view.get(final).items()):
+        raise RuntimeError("a weight an earlier stage zeroed is non-zero again")
     return PolarizeResult(final, signs, masks, list(history or []) + ft_history, zeroed)
 
 
 def polarize(model, params, data, admm: admm_lib.ADMMConfig,
              config: TrainConfig, *, noise_aware: NoiseAware | None = None,
              checkpoint_dir: str | None = None, log: Callable[[str], None] | None = print,
-             eval_data=None, check_config: CrossbarConfig | None = None) -> PolarizeResult:
+             eval_data=None, check_config: CrossbarConfig | None = None,
+             masks: dict | None = None) -> PolarizeResult:
     """ADMM polarization -> hard projection -> masked fine-tuning -> quantization -> check.
+
+    With ``admm.prune`` (a :class:`reram_emu.pruning.PruneConfig`) the same stage prunes
+    instead: the constraint is at most k non-zero structures per layer. ``masks`` (an
+    earlier stage's, e.g. the pruning's ``result.masks`` when polarizing) keep its zeros zero
+    through both phases (:func:`prune_polarize_quantize` chains the stages).
 
     :func:`admm_phase` then :func:`finetune_phase`. ``config.epochs`` is ignored: the phases
     run ``admm.epochs`` and ``admm.finetune_epochs``. With ``checkpoint_dir`` each phase
@@ -670,10 +695,61 @@ def polarize(model, params, data, admm: admm_lib.ADMMConfig,
     """
     admm_params, admm_history = admm_phase(
         model, params, data, admm, config, noise_aware=noise_aware,
-        checkpoint=_phase_checkpoint(checkpoint_dir, "admm"), log=log, eval_data=eval_data)
+        checkpoint=_phase_checkpoint(checkpoint_dir, "admm"), log=log, eval_data=eval_data,
+        masks=masks)
     return finetune_phase(model, admm_params, data, admm, config, noise_aware=noise_aware,
                           checkpoint=_phase_checkpoint(checkpoint_dir, "finetune"), log=log,
-                          eval_data=eval_data, check_config=check_config, history=admm_history)
+                          eval_data=eval_data, check_config=check_config, history=admm_history,
+                          masks=masks)
+
+
+class FlowResult(NamedTuple):
+    """Output of :func:`prune_polarize_quantize`: the pruning stage's and the polarization
+    stage's :class:`PolarizeResult` (``polarized.params`` are the final, quantized weights;
+    ``polarized.masks`` include the pruning's)."""
+
+    pruned: PolarizeResult
+    polarized: PolarizeResult
+
+
+def prune_polarize_quantize(model, params, data, prune: admm_lib.ADMMConfig,
+                            polarize_admm: admm_lib.ADMMConfig, config: TrainConfig, *,
+                            noise_aware: NoiseAware | None = None,
+                            checkpoint_dir: str | None = None,
+                            log: Callable[[str], None] | None = print, eval_data=None,
+                            check_config: CrossbarConfig | None = None) -> FlowResult:
+    """FORMS's flow (Yuan et al., ISCA 2021, Sec. IV): crossbar-aware structured pruning by
+    ADMM, then polarization by ADMM keeping the pruned weights zero, then quantization to
+    ``polarize_admm.weight_bits``. Each stage is :func:`polarize` (ADMM, hard projection,
+    masked fine-tuning); the masks accumulate, so no stage revives what an earlier one zeroed.
+
+    Args:
+      prune: the pruning stage (``prune.prune`` set; ``weight_bits`` None: the float pruned
+        model is kept for the next stage).
+      polarize_admm: the polarization stage (``prune`` None) with the final quantization.
+      checkpoint_dir: each stage checkpoints to ``prune/`` and ``polarize/`` there (each with
+        ``admm.npz`` and ``finetune.npz``); a rerun resumes at the last finished epoch.
+
+    Raises:
+      ValueError: a stage of the wrong kind, or unequal fragment sizes where both use one.
+    """
+    if not isinstance(prune, admm_lib.ADMMConfig) or prune.prune is None:
+        raise ValueError("prune must be an ADMMConfig with prune=PruneConfig(...)")
+    if not isinstance(polarize_admm, admm_lib.ADMMConfig) or polarize_admm.prune is not None:
+        raise ValueError("polarize_admm must be an ADMMConfig without prune (the polarizer)")
+    if prune.weight_bits is not None:
+        raise ValueError("the pruning stage must keep float weights (weight_bits=None); "
+                         "quantization comes last, in polarize_admm.weight_bits")
+
+    def stage(name):
+        return None if checkpoint_dir is None else os.path.join(checkpoint_dir, name)
+
+    pruned = polarize(model, params, data, prune, config, noise_aware=None,
+                      checkpoint_dir=stage("prune"), log=log, eval_data=eval_data)
+    polarized = polarize(model, pruned.params, data, polarize_admm, config,
+                         noise_aware=noise_aware, checkpoint_dir=stage("polarize"), log=log,
+                         eval_data=eval_data, check_config=check_config, masks=pruned.masks)
+    return FlowResult(pruned, polarized)
 
 
 # --------------------------------------------------------------------------- evaluation

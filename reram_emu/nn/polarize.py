@@ -135,7 +135,8 @@ def polarize(f: Analog, params, x_train, y_train, admm: admm_lib.ADMMConfig, *,
     quantization and the check (:func:`reram_emu.nn.fit` runs each phase). The forward is
     the float function (``f.apply_fn``) or, with ``noise_aware``, ``f`` itself in the
     noise-aware mode (fresh programming per step). Raises RuntimeError if the result is not
-    exactly polarized.
+    exactly polarized. With ``admm.prune`` (a :class:`reram_emu.pruning.PruneConfig`) the same
+    flow prunes structures instead (``signs`` is then ``{}``).
     """
     options = dict(batch_size=batch_size, seed=seed, noise_aware=noise_aware,
                    steps_per_epoch=steps_per_epoch, loss=loss, log=log)
@@ -157,6 +158,7 @@ def polarize(f: Analog, params, x_train, y_train, admm: admm_lib.ADMMConfig, *,
                   admm.finetune_epochs, phase="finetune", **options)
     if admm.weight_bits is not None:
         p = view.put(p, admm_lib.quantize_weights_dict(view.get(p), admm.weight_bits))
-    if not admm_lib.check_polarized(view.get(p), admm.fragment_rows):
-        raise RuntimeError("the polarized weights violate the fragment constraint")
+    if not admm_lib.check_constraint(view.get(p), admm):
+        raise RuntimeError("the weights violate the constraint of the ADMM stage ("
+                           + ("pruning" if admm.prune is not None else "polarization") + ")")
     return PolarizedModel(p, signs, masks, history + more, zeroed)
