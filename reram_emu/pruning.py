@@ -20,7 +20,8 @@ nothing (idempotent), though with two kinds it is a greedy, not the exact, proje
 their intersection. How many of each kind a layer keeps is a *ratio* (structures / kept, >= 1):
 ``k = ceil(count / ratio)`` (:func:`keep_count`).
 
-:func:`compact` drops the all-zero rows and columns a pruned layer no longer needs and
+:func:`compact` drops the all-zero rows and columns a pruned layer no longer needs (a
+polarized layer only whole fragment rows, so that its fragments stay polarized) and
 :func:`crossbar_usage` counts what it occupies (rows and columns kept, crossbars by
 :func:`reram_emu.mapping.column_layout`, live fragments). :func:`paper_crossbar_reduction` is
 the FORMS paper's definition of the crossbar reduction (Table I: pruning ratio x 32 / weight
@@ -230,17 +231,28 @@ def project_pruned(weights: jax.Array, ratios: dict[str, float],
 # --------------------------------------------------------------------------- accounting
 
 
-def compact(weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Drop the all-zero rows and columns: ``(compacted, kept_rows, kept_columns)``.
+def compact(weights, fragment_rows: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop the rows and columns a pruned layer no longer needs:
+    ``(compacted, kept_rows, kept_columns)``.
 
-    ``kept_rows`` (K,) and ``kept_columns`` (N,) are bool; ``compacted`` is
-    ``weights[kept_rows][:, kept_columns]``, the matrix the crossbars of a pruned layer hold
-    (its inputs are ``x[:, kept_rows]``; the dropped outputs are zero).
+    Columns: every all-zero column goes. Rows: every all-zero row, or, with ``fragment_rows``
+    = m, only whole groups of m consecutive rows that are all zero: a polarized layer's
+    fragments (and their signs) stay as they were trained, so it can drop only whole fragment
+    rows (re-grouping the kept rows would break the polarization). ``kept_rows`` (K,) and
+    ``kept_columns`` (N,) are bool; ``compacted`` is ``weights[kept_rows][:, kept_columns]``,
+    the matrix the crossbars of the pruned layer hold (its inputs are ``x[:, kept_rows]``;
+    the dropped outputs are zero).
     """
     w = np.asarray(weights)
     if w.ndim != 2:
         raise ValueError(f"weights must be a (K, N) matrix, got shape {w.shape}")
     rows, cols = np.any(w != 0, axis=1), np.any(w != 0, axis=0)
+    if fragment_rows is not None:
+        groups = -(-w.shape[0] // fragment_rows)
+        live = np.pad(rows, (0, groups * fragment_rows - w.shape[0]))
+        live = np.any(live.reshape(groups, fragment_rows), axis=1)
+        rows = np.repeat(live, fragment_rows)[:w.shape[0]]
     return w[rows][:, cols], rows, cols
 
 
@@ -248,16 +260,18 @@ class CrossbarUsage(NamedTuple):
     """What one (pruned) layer occupies under a configuration.
 
     ``weights`` / ``nonzero``: entries of the (K, N) matrix / non-zero ones. ``rows_kept`` /
-    ``columns_kept``: rows and columns with a non-zero weight (the compacted matrix).
-    ``crossbars``: crossbar tiles of the compacted matrix; ``crossbars_dense``: of the
-    unpruned (K, N) matrix under the same configuration (both by
-    :func:`reram_emu.mapping.column_layout`, both crossbars of a differential pair counted).
-    ``fragments`` / ``fragments_live``: fragments of the compacted matrix / with a non-zero
-    weight (the live ones are converted).
+    ``columns_kept``: rows and columns with a non-zero weight. ``rows_stored``: the rows the
+    crossbars hold: ``rows_kept``, except that the polarized mapping keeps whole fragments of
+    m rows (:func:`compact` with ``fragment_rows``). ``crossbars``: crossbar tiles of the
+    stored (compacted) matrix; ``crossbars_dense``: of the unpruned (K, N) matrix under the
+    same configuration (both by :func:`reram_emu.mapping.column_layout`, both crossbars of a
+    differential pair counted). ``fragments`` / ``fragments_live``: fragments of the stored
+    matrix / with a non-zero weight (the live ones are converted).
     """
 
     rows: int
     rows_kept: int
+    rows_stored: int
     columns: int
     columns_kept: int
     weights: int
@@ -276,15 +290,16 @@ class CrossbarUsage(NamedTuple):
 def crossbar_usage(weights, config: CrossbarConfig) -> CrossbarUsage:
     """Count the crossbar resources of a pruned (K, N) layer (see :class:`CrossbarUsage`)."""
     w = np.asarray(weights)
-    compacted, rows, cols = compact(w)
-    kr, kc = compacted.shape
     m = config.geometry.fragment_rows
-    live = (int(np.sum(np.any(fragment_view(jnp.asarray(compacted != 0), m), axis=1)))
-            if compacted.size else 0)
+    stored, _, cols = compact(w, m if config.mapping.scheme == "polarized" else None)
+    kr, kc = stored.shape
+    live = (int(np.sum(np.any(fragment_view(jnp.asarray(stored != 0), m), axis=1)))
+            if stored.size else 0)
     return CrossbarUsage(
-        rows=int(w.shape[0]), rows_kept=int(kr), columns=int(w.shape[1]),
-        columns_kept=int(kc), weights=int(w.size), nonzero=int(np.count_nonzero(w)),
-        crossbars=column_layout(config, kr, kc).crossbars if compacted.size else 0,
+        rows=int(w.shape[0]), rows_kept=int(np.count_nonzero(np.any(w != 0, axis=1))),
+        rows_stored=int(kr), columns=int(w.shape[1]), columns_kept=int(kc),
+        weights=int(w.size), nonzero=int(np.count_nonzero(w)),
+        crossbars=column_layout(config, kr, kc).crossbars if stored.size else 0,
         crossbars_dense=column_layout(config, *w.shape).crossbars,
         fragments=-(-kr // m) * kc, fragments_live=live)
 

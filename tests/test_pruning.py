@@ -89,26 +89,35 @@ def test_keep_count_and_bad_input():
 def test_crossbar_count_of_a_hand_worked_pruned_layer():
     # A (300, 100) layer on 128x128 FORMS crossbars (8-bit weights on 2-bit cells: 7 magnitude
     # bits -> 4 slices; 128 / 4 = 32 weights per tile). Dense: ceil(300/128)=3 row tiles x
-    # ceil(100/32)=4 column tiles = 12 crossbars. Pruned to 130 rows and 40 columns: 2 x 2 = 4.
-    # PRIME (differential): each tile is a pair, 2x.
-    w = np.zeros((300, 100), np.float32)
-    rng = np.random.default_rng(0)
-    rows, cols = rng.choice(300, 130, replace=False), rng.choice(100, 40, replace=False)
-    w[np.ix_(rows, cols)] = rng.uniform(0.1, 1.0, (130, 40))
+    # ceil(100/32)=4 column tiles = 12 crossbars.
     forms = rx.preset("forms", fragment_rows=8)
+    prime = rx.preset("prime")
     assert forms.weight_slices == 4 and forms.weights_per_tile == 32
+    rng = np.random.default_rng(0)
+    cols = np.sort(rng.choice(100, 40, replace=False))
+    # (a) rows 0..129 kept: FORMS keeps whole fragments of 8 rows -> 17 fragment rows = 136
+    # rows -> 2 row tiles x ceil(40/32)=2 column tiles = 4 crossbars.
+    w = np.zeros((300, 100), np.float32)
+    w[np.ix_(np.arange(130), cols)] = rng.uniform(0.1, 1.0, (130, 40))
     usage = P.crossbar_usage(w, forms)
-    assert (usage.rows_kept, usage.columns_kept) == (130, 40)
+    assert (usage.rows_kept, usage.rows_stored, usage.columns_kept) == (130, 136, 40)
     assert (usage.crossbars_dense, usage.crossbars) == (12, 4)
     assert usage.nonzero == 130 * 40 and usage.prune_ratio == pytest.approx(30000 / 5200)
     assert usage.fragments == 17 * 40 and usage.fragments_live == 17 * 40
-    # PRIME: 256x256 pairs, 128 weights per tile: dense 2 row tiles x 1 column tile x 2 = 4,
-    # pruned 1 x 1 x 2 = 2
-    prime = P.crossbar_usage(w, rx.preset("prime"))
-    assert (prime.crossbars_dense, prime.crossbars) == (4, 2)
+    # (b) every other row kept (150): every fragment row is live, FORMS stores all 300 rows
+    # (3 x 2 = 6 crossbars); PRIME (256x256 pairs, 128 weights per tile) drops the zero rows
+    # freely: dense 2 row tiles x 1 column tile x 2 = 4, pruned 1 x 1 x 2 = 2.
+    w = np.zeros((300, 100), np.float32)
+    w[np.ix_(np.arange(0, 300, 2), cols)] = rng.uniform(0.1, 1.0, (150, 40))
+    usage = P.crossbar_usage(w, forms)
+    assert (usage.rows_kept, usage.rows_stored, usage.crossbars) == (150, 300, 6)
+    usage = P.crossbar_usage(w, prime)
+    assert (usage.rows_stored, usage.crossbars_dense, usage.crossbars) == (150, 4, 2)
     compacted, kr, kc = P.compact(w)
-    assert compacted.shape == (130, 40) and np.array_equal(np.flatnonzero(kr), np.sort(rows))
-    assert np.array_equal(compacted, w[np.sort(rows)][:, np.sort(cols)])
+    assert compacted.shape == (150, 40) and np.array_equal(np.flatnonzero(kr),
+                                                           np.arange(0, 300, 2))
+    assert np.array_equal(compacted, w[0::2][:, cols])
+    assert P.compact(w, fragment_rows=8)[0].shape == (300, 40)
 
 
 def test_paper_crossbar_reduction():

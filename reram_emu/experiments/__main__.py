@@ -21,6 +21,7 @@ EXPERIMENTS = {
     "zero_skip": "reram_emu.experiments.zero_skip",
     "noise_sensitivity": "reram_emu.experiments.noise_sensitivity",
     "polarize": "reram_emu.experiments.polarize",
+    "forms_flow": "reram_emu.experiments.forms_flow",
 }
 DEFAULT = "noise_sensitivity"
 
