@@ -65,7 +65,7 @@ __all__ = [
     "find_idx_files",
 ]
 
-KNOWN_DATASETS = ("digits", "mnist", "fashion_mnist")
+KNOWN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 
 #: The data sets read from IDX files.
 IDX_DATASETS = ("mnist", "fashion_mnist")
@@ -151,9 +151,10 @@ class DatasetTypeError(TypeError, ValueError):
 class Dataset:
     """A train/test split of an image classification data set.
 
-    Images are floats in [0, 1] with shape ``(n, H, W, 1)`` (channels-last) or
-    ``(n, H*W)`` when loaded with ``flatten=True``; labels are ``int32`` in
-    ``[0, num_classes)``. ``image_shape`` is always ``(H, W, 1)``.
+    Images are floats in [0, 1] with shape ``(n, H, W, C)`` (channels-last) or
+    ``(n, H*W*C)`` when loaded with ``flatten=True``; labels are ``int32`` in
+    ``[0, num_classes)``. ``image_shape`` is ``(H, W, C)``: C = 1, except CIFAR-10 (3;
+    see :mod:`reram_emu.cifar10`, whose JPEG copy is named "CIFAR-10 (JPEG q75 copy)").
     """
 
     x_train: np.ndarray
@@ -457,7 +458,8 @@ def load_dataset(
     """Load one of :data:`KNOWN_DATASETS` as a :class:`Dataset`.
 
     Args:
-        name: "digits", "mnist" or "fashion_mnist" ("fashion-mnist" also accepted).
+        name: "digits", "mnist" or "fashion_mnist" ("fashion-mnist" also accepted), or
+            "cifar10" (read by :func:`reram_emu.cifar10.load_cifar10`, same options).
         data_dir: folder with the four IDX files, directly or in a sub-folder named after
             the data set (:data:`DATA_DIR_LAYOUTS`; IDX data sets only).
         seed: non-negative int, seed of the stratified train/test split (digits, or IDX
@@ -489,6 +491,10 @@ def load_dataset(
     if key not in KNOWN_DATASETS:
         raise ValueError(f"Unknown data set {name!r}; known: {', '.join(KNOWN_DATASETS)}")
     dtype = _check_arguments(seed, test_fraction, flatten, dtype, strict)
+    if key == "cifar10":
+        from .cifar10 import load_cifar10
+        return load_cifar10(data_dir, strict=strict, flatten=flatten, dtype=dtype, seed=seed,
+                            test_fraction=test_fraction)
 
     if key == "digits":
         if data_dir is not None:

@@ -235,8 +235,8 @@ def test_bad_arguments(kwargs):
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="digits, mnist, fashion_mnist"):
-        load_dataset("cifar10")
+    with pytest.raises(ValueError, match="digits, mnist, fashion_mnist, cifar10"):
+        load_dataset("cifar100")
 
 
 # ----------------------------------------------------------------------------- real files
