@@ -34,6 +34,8 @@ CPU has: see the committed summary for its state.
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -374,5 +376,30 @@ def report(rows, out_dir, quick) -> str:
                       f"{c['forms_over_isaac_gops_per_s_mm2']:.2f}x GOPs/(s mm^2) (paper "
                       f"{c['paper_gops_per_s_mm2']}x), {c['forms_over_isaac_gops_per_w']:.2f}x "
                       f"GOPs/W (paper {c['paper_gops_per_w']}x)."]
-        lines.append("")
+        seconds = sum(r.get("seconds") or 0 for r in rows if r["dataset"] == name)
+        lines += ["", f"Stages' wall time: {seconds:.0f} s in total on a {os.cpu_count()}-core "
+                  f"CPU ({platform.machine()}), every stage's own in results.csv (with CPU "
+                  f"time and load average).", ""]
+    lines += NOTES
     return "\n".join(lines)
+
+
+NOTES = [
+    "Reading this table:",
+    "",
+    "* Prune ratio = weights / non-zero weights after the pruning stage; the paper's "
+    "reduction multiplies it by 32/8 (bits) and 2 (no negative crossbars). The counted "
+    "reduction is what the mapping occupies: crossbar tiles of the full-flow model (FORMS, "
+    "128x128, a polarized layer drops only whole fragment rows) against the dense model on "
+    "8-bit differential (PRIME-style pairs) crossbars of the same size. Small layers fill "
+    "whole tiles, so the counted reduction is far below the product of the ratios.",
+    "* Cost: the cost model's presets (`cost_preset`: its ADCs, tiles and components; ISAAC "
+    "with 8-bit weights, on the pruned model compacted), activations of 16 MNIST test "
+    "images, a chip of ISAAC's area for both. The paper's 1.50x / 1.93x are for its own, "
+    "larger networks, whose layers fill many tiles; LeNet-5's pruned layers fill a few "
+    "tiles partly, so the ratios here are not the same measurement.",
+    "* CIFAR-10 (ResNet-20 on the JPEG q75 copy, `reram_emu.cifar10` and "
+    "`reram_emu.cifar_models`) is not in this run: one ResNet-20 training step at batch 128 "
+    "takes about 1 s on this 2-core CPU (about 6.5 min per epoch), so a >= 90 % float "
+    "baseline (100+ epochs) needs a GPU session.",
+]
