@@ -51,6 +51,7 @@ __all__ = ["ADMMConfig", "ADMMState", "init_admm", "rho_at", "admm_penalty", "up
            "admm_update", "decoupled_penalty_step", "primal_residuals", "hard_projection",
            "masked_updates",
            "clamp_to_signs", "quantize_weights_dict", "check_polarized", "check_constraint",
+           "require_constraint",
            "polarization_reports",
            "signs_of"]
 
@@ -259,6 +260,14 @@ def check_constraint(weights: dict, config: ADMMConfig,
         return check_polarized(weights, config.fragment_rows, crossbar_config)
     return all(bool(jnp.array_equal(_project(name, jnp.asarray(w), {}, config)[0], w))
                for name, w in weights.items())
+
+
+def require_constraint(weights: dict, config: ADMMConfig,
+                       crossbar_config: CrossbarConfig | None = None) -> None:
+    """RuntimeError naming the stage's constraint unless :func:`check_constraint` holds."""
+    if not check_constraint(weights, config, crossbar_config):
+        raise RuntimeError("the weights violate the constraint of the ADMM stage ("
+                           + ("pruning" if config.prune is not None else "polarization") + ")")
 
 
 def polarization_reports(weights: dict, fragment_rows: int, rule: str = "sum"

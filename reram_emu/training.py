@@ -665,9 +665,7 @@ def finetune_phase(model, admm_params, data, admm: admm_lib.ADMMConfig,
     if admm.weight_bits is not None:
         final = view.put(final, admm_lib.quantize_weights_dict(view.get(final),
                                                                admm.weight_bits))
-    if not admm_lib.check_constraint(view.get(final), admm, check_config):
-        raise RuntimeError("the weights violate the constraint of the ADMM stage ("
-                           + ("pruning" if admm.prune is not None else "polarization") + ")")
+    admm_lib.require_constraint(view.get(final), admm, check_config)
     if prior is not None and not all(bool(jnp.all(jnp.where(prior[n] == 0, w == 0, True)))
                                      for n, w in view.get(final).items()):
         raise RuntimeError("a weight an earlier stage zeroed is non-zero again")

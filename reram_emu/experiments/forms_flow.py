@@ -122,16 +122,7 @@ def prepare(quick: bool, seed: int, work_dir) -> "Context":
 
 
 def evaluate(context: "Context", batch: list[dict], seed: int) -> list[dict]:
-    rows = []
-    for point in batch:
-        if point["stage"] not in STAGES:
-            raise ValueError(f"unknown stage {point['stage']!r}; known: {STAGES}")
-        start = P._clock()
-        metrics = getattr(context, "stage_" + point["stage"])(point["dataset"], point["m"])
-        rows.append({**metrics, **P._elapsed(start)})
-        context.log(f"[{point['dataset']}] {point['stage']} m={point['m']} done in "
-                    f"{rows[-1]['seconds']:.0f} s")
-    return rows
+    return P.evaluate(context, batch, seed, STAGES)
 
 
 class Context(P.Context):

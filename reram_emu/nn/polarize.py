@@ -158,7 +158,5 @@ def polarize(f: Analog, params, x_train, y_train, admm: admm_lib.ADMMConfig, *,
                   admm.finetune_epochs, phase="finetune", **options)
     if admm.weight_bits is not None:
         p = view.put(p, admm_lib.quantize_weights_dict(view.get(p), admm.weight_bits))
-    if not admm_lib.check_constraint(view.get(p), admm):
-        raise RuntimeError("the weights violate the constraint of the ADMM stage ("
-                           + ("pruning" if admm.prune is not None else "polarization") + ")")
+    admm_lib.require_constraint(view.get(p), admm)
     return PolarizedModel(p, signs, masks, history + more, zeroed)
