@@ -12,6 +12,10 @@ for a Flax or Equinox model.
 * :func:`lenet5`: LeNet-5 (LeCun et al., 1998) with ReLU and max pooling, as in the FORMS
   evaluation (Yuan et al., ISCA 2021): conv 5x5x6 (SAME) - pool 2 - conv 5x5x16 (VALID) - pool 2
   - fc 400-120 - fc 120-84 - fc 84-10 on 28x28x1 inputs (61,706 parameters).
+* :func:`lenet5_caffe`: the "LeNet-5" of Caffe's MNIST example, the network of the ADMM
+  pruning papers FORMS builds on (Zhang et al., ECCV 2018; Ren et al., ADMM-NN, ASPLOS 2019):
+  conv 5x5x20 (VALID) - pool 2 - conv 5x5x50 (VALID) - pool 2 - fc 800-500 - fc 500-10
+  (431,080 parameters, 430,500 weights), with ReLU between the dense layers.
 * :func:`convnet`: any such stack of convolutions (each followed by ReLU and pooling) and
   dense layers.
 
@@ -32,7 +36,7 @@ import jax.numpy as jnp
 
 from .layers import ConvSpec, DenseSpec, conv_output_shape, im2col, init_layer, max_pool
 
-__all__ = ["Network", "mlp", "lenet5", "convnet", "count_parameters"]
+__all__ = ["Network", "mlp", "lenet5", "lenet5_caffe", "convnet", "count_parameters"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,25 @@ def lenet5(input_shape=(28, 28, 1), num_classes: int = 10, row_order: str = "cha
                   (("fc1", DenseSpec(flat, hidden[0])), ("fc2", DenseSpec(hidden[0], hidden[1])),
                    ("fc3", DenseSpec(hidden[1], num_classes))), input_shape)
     return net
+
+
+def lenet5_caffe(input_shape=(28, 28, 1), num_classes: int = 10,
+                 row_order: str = "channel") -> Network:
+    """The LeNet-5 of Caffe's MNIST example (20 and 50 VALID 5x5 filters, fc 500) with ReLU and
+    2x2 max pooling: 431,080 parameters on 28x28x1. The model the ADMM pruning literature (and
+    FORMS's Table I) prunes; :func:`lenet5` is LeCun's smaller original."""
+    h, w, c = input_shape
+    conv1 = ConvSpec(c, 20, (5, 5), 1, "VALID", row_order)
+    h1, w1 = conv_output_shape(conv1, h, w)
+    conv2 = ConvSpec(20, 50, (5, 5), 1, "VALID", row_order)
+    h2, w2 = conv_output_shape(conv2, h1 // 2, w1 // 2)
+    h2, w2 = h2 // 2, w2 // 2
+    if h2 < 1 or w2 < 1:
+        raise ValueError(f"input {input_shape} is too small for LeNet-5 (Caffe): at least "
+                         "16x16 pixels")
+    return convnet("lenet5_caffe", (("conv1", conv1), ("conv2", conv2)),
+                   (("fc1", DenseSpec(h2 * w2 * 50, 500)),
+                    ("fc2", DenseSpec(500, num_classes))), input_shape)
 
 
 def count_parameters(params) -> int:

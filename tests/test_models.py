@@ -12,7 +12,7 @@ from reram_emu import admm as A
 from reram_emu import training
 from reram_emu.config import ADCConfig, DeviceConfig, InputConfig, MappingConfig
 from reram_emu.layers import ConvSpec, DenseSpec, conv_weight_to_hwio, im2col
-from reram_emu.models import convnet, count_parameters, lenet5, mlp
+from reram_emu.models import convnet, count_parameters, lenet5, lenet5_caffe, mlp
 from reram_emu.nn import analog, crossbar_matmul, layer_config, output_noise_moments
 from reram_emu.polarization import project_polarized
 
@@ -54,6 +54,19 @@ def test_lenet5_shapes_and_parameter_count():
     assert out.shape == (3, 10)
     assert mlp((64, 32, 10)).apply(mlp((64, 32, 10)).init(jax.random.key(1)),
                                    jnp.zeros((2, 64))).shape == (2, 10)
+
+
+def test_lenet5_caffe_shapes_and_parameter_count():
+    """Caffe's MNIST LeNet-5: 20 and 50 VALID 5x5 filters, fc 800-500-10 (431,080 parameters)."""
+    model = lenet5_caffe()
+    params = model.init(jax.random.key(0))
+    assert count_parameters(params) == 431080
+    shapes = {k: params[k]["w"].shape for k in ("conv1", "conv2", "fc1", "fc2")}
+    assert shapes == {"conv1": (25, 20), "conv2": (500, 50), "fc1": (800, 500), "fc2": (500, 10)}
+    out = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
+    assert out.shape == (2, 10)
+    with pytest.raises(ValueError, match="too small"):
+        lenet5_caffe(input_shape=(12, 12, 1))
 
 
 def exact_config(m=8):

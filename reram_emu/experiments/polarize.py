@@ -52,7 +52,7 @@ from .. import admm as admm_lib
 from .. import training as T
 from ..config import ADCConfig, CrossbarConfig, DeviceConfig, MappingConfig, preset
 from ..datasets import load_dataset
-from ..models import count_parameters, lenet5, mlp
+from ..models import count_parameters, lenet5, lenet5_caffe, mlp
 from ..nn import analog, evaluate_accuracy
 from . import trained
 
@@ -72,12 +72,19 @@ WALL_TARGET_S = 900  # the whole MNIST pipeline on a 2-core CPU
 WALL_TARGET_DATASETS = ("mnist",)
 
 
+#: Settings.model -> the network (convolutions in im2col ``channel`` row order).
+MODELS = {"lenet5": lambda: lenet5(row_order="channel"),
+          "lenet5_caffe": lambda: lenet5_caffe(row_order="channel"),
+          "mlp": lambda: mlp((64, 128, 64, 10))}
+
+
 @dataclass(frozen=True)
 class Settings:
     """How one data set is trained and read.
 
     Attributes:
-      model: ``"lenet5"`` or ``"mlp"`` (64-128-64-10).
+      model: a name of :data:`MODELS`: ``"lenet5"`` (LeCun's, 61,706 parameters),
+        ``"lenet5_caffe"`` (Caffe's 20-50-500, 431,080) or ``"mlp"`` (64-128-64-10).
       baseline, polarize: the float training and the ADMM / fine-tuning training settings
         (:class:`reram_emu.training.TrainConfig`; ``polarize.epochs`` is unused).
       admm: the polarizer (``fragment_rows`` is set per point).
@@ -113,8 +120,8 @@ class Settings:
     adc_range: bool = True
 
     def __post_init__(self):
-        if self.model not in ("lenet5", "mlp"):
-            raise ValueError(f"model must be 'lenet5' or 'mlp', got {self.model!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
         for m in tuple(self.fragments) + tuple(self.variation_m):
             if m not in FRAGMENTS and m not in (2, 32, 64, 128):
                 raise ValueError(f"fragment sizes must be powers of two <= 128, got {m}")
@@ -319,7 +326,7 @@ class Context:
         def build():
             s = self.settings[name]
             data = load_dataset(name, seed=self.seed, flatten=s.model == "mlp")
-            model = lenet5(row_order="channel") if s.model == "lenet5" else mlp((64, 128, 64, 10))
+            model = MODELS[s.model]()
             order = np.random.default_rng(self.seed).permutation(len(data.x_test))
             return data, model, order
         return self._memo(("data", name), build)
