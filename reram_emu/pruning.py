@@ -78,7 +78,9 @@ class PruneConfig:
 
     Args:
       rows, columns, fragments: default prune ratios (structures / structures kept, >= 1;
-        1 keeps all) of every layer.
+        1 keeps all) of every layer. Each ratio counts all structures of its kind in the
+        layer: ``fragments=40`` keeps ``ceil(F / 40)`` of the layer's F fragments, however
+        many of them rows and columns pruning left non-zero.
       fragment_rows: m of the ``"fragments"`` structure (the crossbar's fragment size).
       layers: ``{layer name or glob: {structure: ratio}}`` overriding the defaults of the
         layers it matches (the first matching entry wins; a structure it omits keeps the

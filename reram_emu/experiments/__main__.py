@@ -1,5 +1,5 @@
 """``python -m reram_emu.experiments [list | run NAME [--quick] [--out DIR] [--resume]
-[--seed N]]``. With no arguments: the embedded default study."""
+[--seed N] [--model NETWORK]]``. With no arguments: the embedded default study."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="keep finished points in the report folder and run only the rest")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--model", default=None,
+                     help="the network, for experiments that offer several (see `list`)")
     return parser
 
 
@@ -58,18 +60,23 @@ def main(argv=None) -> int:
     try:
         if args.command == "list":
             for name in sorted(EXPERIMENTS):
-                print(f"{name:20s} {load(name).DESCRIPTION}")
+                module = load(name)
+                print(f"{name:20s} {module.DESCRIPTION}")
+                for option, line in getattr(module, "MODEL_OPTIONS", {}).items():
+                    print(f"{'':20s}   --model {option}: {line}")
             return 0
         if args.command is None:
             name, quick, out, resume, seed, progress = DEFAULT, True, None, True, 0, True
+            model = None
         else:
             name, quick, out, resume = args.name, args.quick, args.out, args.resume
-            seed, progress = args.seed, not args.no_progress
+            seed, progress, model = args.seed, not args.no_progress, args.model
         if seed < 0:
             raise UserError(f"--seed must be >= 0, got {seed}")
         module = load(name)
         out = Path("reports") / name if out is None else out
-        run_experiment(module, out, quick=quick, resume=resume, seed=seed, progress=progress)
+        run_experiment(module, out, quick=quick, resume=resume, seed=seed, progress=progress,
+                       model=model)
         print(f"report: {out / 'summary.md'} (results.csv, results.json, plots)")
         return 0
     except UserError as error:

@@ -6,7 +6,8 @@ FORMS (Yuan et al., ISCA 2021) Table I: LeNet-5 on MNIST pruned 23.18x, crossbar
 m = 4 / 8 / 16. Table VI: log-normal variation sigma 0.1. Table V: FORMS (m = 16) 1.50x
 GOPs/(s mm^2) and 1.93x GOPs/W over pruned and quantized ISAAC. Stages (points):
 
-* ``baseline``: the float LeNet-5 (the ``polarize`` study's training settings).
+* ``baseline``: the float LeNet-5 (Caffe's, :func:`reram_emu.models.lenet5_caffe`; the
+  ``polarize`` study's training settings).
 * ``pruned``: crossbar-aware structured pruning by ADMM (:mod:`reram_emu.pruning`: whole GEMM
   rows, i.e. filter shapes, and columns, i.e. filters; per-layer ratios in :data:`MNIST`),
   hard projection, masked fine-tuning. Float accuracy, per-layer rows/columns kept, crossbars.
@@ -23,12 +24,19 @@ GOPs/(s mm^2) and 1.93x GOPs/W over pruned and quantized ISAAC. Stages (points):
   its fragments keep their trained signs: :func:`reram_emu.pruning.compact`): FORMS m = 16 (full flow) against ISAAC with 8-bit weights
   on the pruned model; conversions per image with zero-skipping, GOPs/(s mm^2) and GOPs/W.
 
-Every training stage checkpoints under the work folder; ``--resume`` skips finished points and
-unfinished stages resume at their last epoch. ``--quick`` runs the digits MLP in about a minute.
-CIFAR-10 (ResNet-20 and up, :mod:`reram_emu.cifar_models`) needs far more compute than a 2-core
-CPU has: see the committed summary for its state.
+Networks: without ``--model``, MNIST on Caffe's LeNet-5, then CIFAR-10 on ResNet-20 (ResNet-18
+when JAX runs on an accelerator); ``--model`` names one (:data:`MODEL_OPTIONS`). CIFAR-10 comes
+from ``$RERAM_EMU_DATA`` (:func:`reram_emu.cifar10.load_cifar10`: the canonical pickles or the
+JPEG q75 copy, whose results are labelled so); the batch-norm network is trained in float with
+augmentation, folded (:mod:`reram_emu.cifar_models`), and the folded weights go through the same
+stages (:func:`cifar_settings`). Every training stage checkpoints under the work folder;
+``--resume`` skips finished points and unfinished stages resume at their last epoch.
+``--quick`` runs the digits MLP in about a minute; ``--quick --model resnet20`` the short
+CIFAR-10 setting.
 
-    python -m reram_emu.experiments run forms_flow --out experiments/forms_flow
+    python -m reram_emu.experiments run forms_flow --model lenet5 --out experiments/forms_flow
+    RERAM_EMU_DATA=../shared/data python -m reram_emu.experiments run forms_flow --quick \
+        --model resnet20 --out experiments/forms_flow_resnet20_quick
 """
 
 from __future__ import annotations
@@ -36,8 +44,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
+import jax
 import numpy as np
 
 from .. import admm as admm_lib
@@ -48,34 +59,55 @@ from ..nn import analog
 from ..pruning import PruneConfig, compact, crossbar_usage, paper_crossbar_reduction
 from . import polarize as P
 from . import trained
+from .runner import UserError
 
 NAME = "forms_flow"
 DESCRIPTION = ("FORMS's full flow prune -> polarize -> quantize at m = 4, 8, 16 through the "
                "emulator: drops, crossbar reduction, variation robustness, cost vs ISAAC")
 
-PAPER = {"prune_ratio": 23.18, "reduction": 185.44, "drop_points": {4: -0.02, 8: -0.01, 16: 0.14},
-         "variation_loss_points": {"original": 0.35, "polarized-only": 0.37, "pruned": 1.82},
+PAPER = {"variation_loss_points": {"original": 0.35, "polarized-only": 0.37, "pruned": 1.82},
          "gops_per_s_mm2": 1.50, "gops_per_w": 1.93}
-TARGETS = {"prune_ratio": 20.0, "drop_points_m8": 0.2}
+#: FORMS's Table I rows (float accuracy %, prune ratio, crossbar reduction, drops in points at
+#: m = 4 / 8 / 16) by this study's network; ResNet-20 has none and is shown beside ResNet-18's.
+TABLE_I = {
+    "lenet5_caffe": {"network": "LeNet-5, MNIST", "float_acc": None, "prune_ratio": 23.18,
+                     "reduction": 185.44, "drop_points": {4: -0.02, 8: -0.01, 16: 0.14}},
+    "resnet18": {"network": "ResNet-18, CIFAR-10", "float_acc": 94.14, "prune_ratio": 50.85,
+                 "reduction": 406.8, "drop_points": {4: 0.35, 8: 0.47, 16: 0.92}},
+    "vgg16": {"network": "VGG-16, CIFAR-10", "float_acc": 93.70, "prune_ratio": 41.2,
+              "reduction": 329.6, "drop_points": {4: 0.61, 8: 0.64, 16: 0.77}},
+}
+TABLE_I["resnet20"] = TABLE_I["resnet18"]
+
+
+def table_i(model: str) -> dict:
+    """The paper's Table I row beside this study's ``model`` (MNIST's LeNet-5 row for the
+    MNIST and digits networks)."""
+    return TABLE_I.get(model, TABLE_I["lenet5_caffe"])
+TARGETS = {"prune_ratio": 20.0, "drop_points_m8": 0.2}  # MNIST's
+CIFAR_TARGET_FLOAT = 0.90  # ResNet-20's float baseline (fraction)
 COST_M = 16
 ROBUST_M = 8
 MODELS = ("original", "polarized-only", "pruned", "full")
 
-#: LeNet-5 on MNIST: ~22x fewer weights. conv1 (150 weights) is kept whole; conv2 keeps half
-#: its rows (filter shapes); fc1 (400 x 120, 78 % of the weights), fc2 and fc3 keep half their
-#: rows and columns (fc3 all 10 outputs), then 1/48, 1/16 and 1/4 of their fragments of 8 rows
-#: (finer structures: an all-zero fragment is neither stored nor converted). Measured on this
-#: study's 2-core CPU, harsher row/column-only settings (fc1 keeping 40 rows x 30 columns, 20.6x)
-#: lost 4.6 points in float after pruning, fragment-only 0.8. The pruning stage: 20 ADMM epochs
-#: of 470 steps (the ``polarize`` study's lr 5e-4, rho 1e-3 growing 1.25x at each of 2 Z/U updates per epoch), then 60 of
-#: masked fine-tuning (lr 1e-3); the polarization stage is the ``polarize`` study's (2 + 5).
+#: MNIST on Caffe's LeNet-5 (:func:`reram_emu.models.lenet5_caffe`, 430,500 weights), the network
+#: of the ADMM pruning papers FORMS builds on and the one its 23.18x row prunes; LeCun's smaller
+#: LeNet-5 (61,470 weights) pruned 22.5x lost 3 points at m = 8 on this study's 2-core CPU
+#: (most of it in polarizing so few weights), so it is not the default. Pruning ~24x: conv1 (500
+#: weights) kept whole; conv2 keeps half its rows (filter shapes), then a quarter of its
+#: fragments of 8 rows; fc1 (800 x 500, 93 % of the weights) a quarter of its rows and columns,
+#: then 1/40 of its fragments; fc2 a quarter of its rows. Fragment ratios count all fragments of
+#: the layer (:class:`reram_emu.pruning.PruneConfig`). The pruning stage: 15 ADMM epochs of 470
+#: steps (lr 5e-4, rho 1e-3 growing 1.25x at each of 2 Z/U updates per epoch), then 40 of
+#: masked fine-tuning (lr 1e-3); the polarization stage 3 ADMM + 10 fine-tuning epochs.
 MNIST_PRUNE = PruneConfig(layers={
-    "conv2/w": {"rows": 2},
-    "fc1/w": {"rows": 2, "columns": 2, "fragments": 48},
-    "fc2/w": {"rows": 2, "columns": 2, "fragments": 16},
-    "fc3/w": {"rows": 2, "fragments": 4}})
-MNIST = dataclasses.replace(P.MNIST, variation_m=(ROBUST_M,))
-MNIST_PRUNE_ADMM = dataclasses.replace(P.MNIST.admm, epochs=20, finetune_epochs=60,
+    "conv2/w": {"rows": 2, "fragments": 4},
+    "fc1/w": {"rows": 4, "columns": 4, "fragments": 40},
+    "fc2/w": {"rows": 4}})
+MNIST = dataclasses.replace(P.MNIST, model="lenet5_caffe", variation_m=(ROBUST_M,),
+                            admm=dataclasses.replace(P.MNIST.admm, epochs=3,
+                                                     finetune_epochs=10))
+MNIST_PRUNE_ADMM = dataclasses.replace(P.MNIST.admm, epochs=15, finetune_epochs=40,
                                        rho_growth=1.25, updates_per_epoch=2,
                                        finetune_learning_rate=1e-3, weight_bits=None,
                                        prune=MNIST_PRUNE)
@@ -85,14 +117,127 @@ DIGITS_PRUNE_ADMM = dataclasses.replace(
     trained.ADMM_QUICK, weight_bits=None,
     prune=PruneConfig(rows=2, columns=2, layers={"fc3/w": {"columns": 1}}))
 
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+#: The CIFAR-10 networks ``--model`` may name (:mod:`reram_emu.cifar_models`).
+CIFAR_NETWORKS = ("resnet20", "resnet18", "vgg16")
+MODEL_OPTIONS = {
+    "lenet5": "MNIST, Caffe's LeNet-5, only (the committed run)",
+    "resnet20": "CIFAR-10 ResNet-20 only (the CPU default's CIFAR-10 network)",
+    "resnet18": "CIFAR-10 ResNet-18 only (the GPU default's), the paper's Table I network",
+    "vgg16": "CIFAR-10 VGG-16 only, the paper's other Table I CIFAR-10 network",
+}
+
+
+@dataclass(frozen=True)
+class CifarSettings(P.Settings):
+    """A CIFAR-10 network's settings: :class:`reram_emu.experiments.polarize.Settings` with
+    a network of :data:`CIFAR_NETWORKS` and the float training of the batch-norm model.
+
+    ``baseline`` is read by :func:`reram_emu.cifar_models.train_batch_norm` (SGD: its
+    ``learning_rate`` is SGD's, ``max_steps_per_epoch`` its ``steps_per_epoch``), with
+    ``momentum``, ``weight_decay`` and, with ``augment``, :func:`reram_emu.cifar10.augment`
+    (random crop with 4-pixel padding, horizontal flip). The batch norm is then folded and the
+    flow (pruning, polarization, fine-tuning: Adam, ``polarize``) trains the folded weights,
+    without augmentation. ``data_dir``, ``source`` and ``strict`` go to
+    :func:`reram_emu.cifar10.load_cifar10` (None: ``$RERAM_EMU_DATA``).
+    """
+
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+    data_dir: str | None = None
+    source: str = "auto"
+    strict: bool = True
+
+    def _check_model(self):
+        if self.model not in CIFAR_NETWORKS:
+            raise ValueError(f"model must be one of {', '.join(CIFAR_NETWORKS)}, got "
+                             f"{self.model!r}")
+
+
+#: Crossbar-aware pruning of the CIFAR-10 networks: the stem (27 rows) and the classifier
+#: kept whole; every other layer keeps half its filter shapes (rows) and, for ResNet-18 and
+#: VGG-16 (the paper prunes them 50.85x and 41.2x), a quarter of its filters and a quarter of
+#: its fragments too. ResNet-20 (270k weights) is already small: rows only, about 2x.
+CIFAR_PRUNE = {
+    "resnet20": PruneConfig(rows=2, layers={"stem/*": {"rows": 1}, "fc/*": {"rows": 1}}),
+    "resnet18": PruneConfig(rows=2, columns=4, fragments=4,
+                            layers={"stem/*": {"rows": 1, "columns": 1, "fragments": 1},
+                                    "fc/*": {"rows": 1, "columns": 1, "fragments": 1}}),
+    "vgg16": PruneConfig(rows=2, columns=4, fragments=4,
+                         layers={"conv1/*": {"rows": 1, "columns": 1, "fragments": 1},
+                                 "fc/*": {"rows": 1, "columns": 1, "fragments": 1}}),
+}
+
+
+def cifar_settings(network: str, short: bool = False) -> tuple[CifarSettings,
+                                                                admm_lib.ADMMConfig]:
+    """``(settings, pruning ADMMConfig)`` of a CIFAR-10 network.
+
+    The full setting (a GPU's): 160 float epochs (SGD, lr 0.1, batch 128, cosine), pruning by
+    30 ADMM + 30 fine-tuning epochs, polarization by 10 + 20 (Adam, lr 1e-4), every test
+    image read, the robustness row on 1000 images x 20 keys. Not yet run: no session so far
+    had a GPU. ``short`` (``--quick``): what a 2-core CPU runs in about an hour (ResNet-20: 3
+    float epochs, each ADMM and fine-tuning phase one epoch of 100 steps, 500 test images,
+    robustness on 100 images x 20 keys); its accuracies are far below the paper's and say
+    only that the flow runs end to end on the real data.
+    """
+    if network not in CIFAR_NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(CIFAR_NETWORKS)}, got {network!r}")
+    steps = 100 if short else None
+    polarize = T.TrainConfig(batch_size=128, learning_rate=1e-4, max_steps_per_epoch=steps)
+    admm = admm_lib.ADMMConfig(rho=1e-3, rho_growth=1.25, updates_per_epoch=2,
+                               epochs=1 if short else 10, finetune_epochs=1 if short else 20,
+                               finetune_learning_rate=1e-4)
+    settings = CifarSettings(
+        model=network,
+        baseline=T.TrainConfig(epochs=3 if short else 160, batch_size=128, learning_rate=0.1),
+        polarize=polarize, admm=admm, variation_m=(ROBUST_M,),
+        eval_images=500 if short else None, forced_images=100 if short else 1000,
+        variation_images=100 if short else 1000, combined_images=100 if short else 1000,
+        variation_keys=20, batch_size=100 if short else 500,
+        calibration_images=200 if short else 500, monitor_images=500 if short else 2000)
+    prune = dataclasses.replace(admm, epochs=1 if short else 30,
+                                finetune_epochs=1 if short else 30, weight_bits=None,
+                                prune=CIFAR_PRUNE[network])
+    return settings, prune
+
+
+def _default_cifar_network() -> str:
+    """ResNet-20 on a CPU, ResNet-18 when JAX runs on an accelerator."""
+    return "resnet20" if jax.default_backend() == "cpu" else "resnet18"
+
+
+def _settings(quick: bool, model: str | None) -> dict:
+    """data set -> (Settings, pruning ADMMConfig) of one run."""
+    if model is None:
+        out = dict(SETTINGS[bool(quick)])
+        if not quick:
+            out["cifar10"] = cifar_settings(_default_cifar_network())
+        return out
+    if model == "lenet5":
+        if quick:
+            raise UserError("--model lenet5 has no --quick setting (the quick run is the "
+                            "digits MLP: drop --model)")
+        return {"mnist": SETTINGS[False]["mnist"]}
+    if model not in CIFAR_NETWORKS:
+        raise UserError(f"unknown --model {model!r}; known: {', '.join(MODEL_OPTIONS)}")
+    return {"cifar10": cifar_settings(model, short=bool(quick))}
+
+
+#: ``quick`` -> data set -> (Settings, pruning ADMMConfig) of the runs without ``--model``;
+#: the full one adds CIFAR-10 (:func:`_settings`). Tests replace entries.
 SETTINGS = {False: {"mnist": (MNIST, MNIST_PRUNE_ADMM)},
             True: {"digits": (DIGITS, DIGITS_PRUNE_ADMM)}}
 STAGES = ("baseline", "pruned", "flow", "robustness", "cost")
 
 
-def points(quick: bool) -> list[dict]:
+def points(quick: bool, model: str | None = None) -> list[dict]:
     out = []
-    for name in SETTINGS[bool(quick)]:
+    for name in _settings(quick, model):
         out += [{"dataset": name, "stage": "baseline", "m": None},
                 {"dataset": name, "stage": "pruned", "m": None}]
         out += [{"dataset": name, "stage": "flow", "m": m} for m in P.FRAGMENTS]
@@ -105,24 +250,31 @@ def group(point) -> tuple:
     return (point["dataset"], point["stage"], point["m"])
 
 
-def configuration(quick: bool) -> dict:
+def configuration(quick: bool, model: str | None = None) -> dict:
     out = {}
-    for name, (s, prune) in SETTINGS[bool(quick)].items():
+    for name, (s, prune) in _settings(quick, model).items():
         out[name] = {"settings": P._settings_record(s), "prune_admm": repr(prune)}
     return {"datasets": out, "read": repr(P.forms(8)), "differential": repr(P.differential(8)),
-            "variation_sigma": P.VARIATION_SIGMA, "paper": PAPER, "targets": TARGETS,
-            "machine": P.configuration(quick)["machine"]}
+            "variation_sigma": P.VARIATION_SIGMA, "paper": PAPER, "table_i": TABLE_I,
+            "targets": TARGETS, "machine": P.configuration(quick)["machine"]}
 
 
-def prepare(quick: bool, seed: int, work_dir) -> "Context":
-    settings = SETTINGS[bool(quick)]
-    return Context({k: s for k, (s, _) in settings.items()}, {k: a for k, (_, a) in
-                                                             settings.items()},
-                   seed, Path(work_dir), quick)
+def prepare(quick: bool, seed: int, work_dir, model: str | None = None) -> "Context":
+    settings = _settings(quick, model)
+    return Context({k: s for k, (s, _) in settings.items()},
+                   {k: a for k, (_, a) in settings.items()}, seed, Path(work_dir), quick)
 
 
 def evaluate(context: "Context", batch: list[dict], seed: int) -> list[dict]:
     return P.evaluate(context, batch, seed, STAGES)
+
+
+class CifarNetwork(NamedTuple):
+    """A CIFAR-10 network: ``apply(params, x)`` of the folded model (what the crossbars hold
+    and the flow trains) and the Flax model with batch norm (its float training)."""
+
+    apply: Callable
+    batch_norm: Any
 
 
 class Context(P.Context):
@@ -132,6 +284,75 @@ class Context(P.Context):
     def __init__(self, settings, prune_admm, seed, work_dir, quick, log=None):
         super().__init__(settings, seed, work_dir, quick, log)
         self.prune_admm = prune_admm
+
+    # ---- CIFAR-10: its loader, the batch-norm model trained then folded
+
+    def _cifar(self, name: str) -> bool:
+        return isinstance(self.settings[name], CifarSettings)
+
+    def folder(self, name: str) -> Path:
+        if not self._cifar(name):
+            return super().folder(name)
+        folder = self.work / f"{name}_{self.settings[name].model}_seed{self.seed}" \
+                             f"{'_quick' if self.quick else ''}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def data(self, name: str):
+        if not self._cifar(name):
+            return super().data(name)
+
+        def build():
+            from .. import cifar_models
+            from ..cifar10 import load_cifar10
+            from ..datasets import DatasetNotFoundError
+            s = self.settings[name]
+            try:
+                data = load_cifar10(s.data_dir, source=s.source, strict=s.strict,
+                                    seed=self.seed)
+            except DatasetNotFoundError as error:
+                raise UserError(f"{error} (for this study: set $RERAM_EMU_DATA to that "
+                                "folder)") from None
+            bn = cifar_models.cifar_model(s.model)
+            folded = cifar_models.cifar_model(s.model, batch_norm=False)
+            model = CifarNetwork(cifar_models.folded_apply(folded), bn)
+            order = np.random.default_rng(self.seed).permutation(len(data.x_test))
+            return data, model, order
+        return self._memo(("data", name), build)
+
+    def baseline(self, name: str) -> dict:
+        if not self._cifar(name):
+            return super().baseline(name)
+
+        def build():
+            from .. import cifar_models
+            from ..cifar10 import augment
+            data, model, _ = self.data(name)
+            s, b = self.settings[name], self.settings[name].baseline
+            variables = model.batch_norm.init(jax.random.key(self.seed), data.x_train[:1])
+            variables, history = cifar_models.train_batch_norm(
+                model.batch_norm, variables, data.x_train, data.y_train, epochs=b.epochs,
+                batch_size=b.batch_size, learning_rate=b.learning_rate, momentum=s.momentum,
+                weight_decay=s.weight_decay, seed=self.seed,
+                augment_fn=augment if s.augment else None,
+                checkpoint=str(self.folder(name) / "baseline.npz"),
+                eval_data=tuple(self.monitor(name)), steps_per_epoch=b.max_steps_per_epoch,
+                log=self.log)
+            self._cache[("baseline_history", name)] = history
+            return cifar_models.fold_batch_norm(model.batch_norm, variables)[1]
+        return self._memo(("baseline", name), build)
+
+    def stage_baseline(self, name: str, m=None) -> dict:
+        row = super().stage_baseline(name, m)
+        row["data"] = getattr(self.data(name)[0], "name", name)
+        if self._cifar(name):
+            b = self.settings[name].baseline
+            row.update(target_float_acc=CIFAR_TARGET_FLOAT,
+                       met=bool(row["float_acc"] >= CIFAR_TARGET_FLOAT), epochs=b.epochs,
+                       steps_per_epoch=b.max_steps_per_epoch,
+                       monitor_acc_per_epoch=[round(h["test_acc"], 4) for h in
+                                              self._cache.get(("baseline_history", name), [])])
+        return row
 
     def pruned(self, name: str) -> T.PolarizeResult:
         def build():
@@ -204,7 +425,7 @@ class Context(P.Context):
             "emulated_acc": clean.mean, "eval_images": clean.images,
             "baseline_float_acc_eval_images": float(np.mean(base_ok)),
             "drop_points": 100 * drop[0], "drop_ci_points": [100 * drop[1], 100 * drop[2]],
-            "paper_drop_points": PAPER["drop_points"][m],
+            "paper_drop_points": table_i(s.model)["drop_points"][m],
             "prune_ratio": prune_ratio,
             "nonzero_ratio_after_polarization": totals["weights"] / totals["nonzero"],
             "paper_reduction": paper_crossbar_reduction(prune_ratio),
@@ -300,10 +521,17 @@ def report(rows, out_dir, quick) -> str:
     lines = []
     for name in dict.fromkeys(r["dataset"] for r in rows):
         base, pruned = _row(rows, name, "baseline"), _row(rows, name, "pruned")
-        lines += [f"## {name}", ""]
+        paper = table_i(base["model"] if base else "lenet5_caffe")
+        label = base.get("data", name) if base else name
+        lines += [f"## {name}" + (f": {base['model']} on {label}" if base else ""), ""]
         if base:
             lines += [f"Float baseline: {100 * base['float_acc']:.2f} % "
-                      f"({base['test_images']} test images).", ""]
+                      f"({base['test_images']} test images)"
+                      + (f"; target >= {100 * base['target_float_acc']:.0f} %: "
+                         f"{'met' if base['met'] else 'not met'}"
+                         if base.get("target_float_acc") is not None else "")
+                      + (f"; paper {paper['float_acc']} % ({paper['network']})"
+                         if paper["float_acc"] is not None else "") + ".", ""]
         if pruned:
             lines += [f"Pruning stage: {pruned['prune_ratio']:.2f}x fewer weights "
                       f"({pruned['nonzero']} of {pruned['weights']}), float accuracy "
@@ -316,12 +544,13 @@ def report(rows, out_dir, quick) -> str:
                       f"{r['crossbars_dense']} / {r['crossbars_dense_differential']} |"
                       for r in pruned["layers"]]
             lines.append("")
-        lines += ["Table I, this run beside the paper (LeNet-5 MNIST; drop = float baseline "
-                  "minus the full flow read through the emulator, no noise, paired 95 % "
-                  "interval over the test images):", "",
-                  "| m | emulated acc | drop (points) | paper drop | prune ratio (paper 23.18) | "
-                  "reduction, paper's definition (paper 185.44) | crossbars counted: "
-                  "reduction vs dense 8-bit differential | polarized |",
+        lines += [f"Table I, this run beside the paper ({paper['network']}; drop = float "
+                  "baseline minus the full flow read through the emulator, no noise, paired "
+                  "95 % interval over the test images):", "",
+                  f"| m | emulated acc | drop (points) | paper drop | prune ratio (paper "
+                  f"{paper['prune_ratio']}) | reduction, paper's definition (paper "
+                  f"{paper['reduction']}) | crossbars counted: reduction vs dense 8-bit "
+                  "differential | polarized |",
                   "|---|---|---|---|---|---|---|---|"]
         for m in P.FRAGMENTS:
             r = _row(rows, name, "flow", m)
@@ -334,7 +563,7 @@ def report(rows, out_dir, quick) -> str:
                     f"({r['crossbars']} vs {r['crossbars_dense_differential']}) | "
                     f"{r['polarized']} |")
         r8 = _row(rows, name, "flow", 8)
-        if r8:
+        if r8 and name != "cifar10":
             met_ratio = r8["prune_ratio"] >= TARGETS["prune_ratio"]
             met_drop = r8["drop_points"] <= TARGETS["drop_points_m8"]
             lines += ["", f"Targets at m = 8: pruning >= {TARGETS['prune_ratio']:.0f}x: "
@@ -369,8 +598,8 @@ def report(rows, out_dir, quick) -> str:
                       f"GOPs/W (paper {c['paper_gops_per_w']}x)."]
         seconds = sum(r.get("seconds") or 0 for r in rows if r["dataset"] == name)
         lines += ["", f"Stages' wall time: {seconds:.0f} s in total on a {os.cpu_count()}-core "
-                  f"CPU ({platform.machine()}), every stage's own in results.csv (with CPU "
-                  f"time and load average).", ""]
+                  f"{platform.machine()} machine (JAX on {jax.default_backend()}), every "
+                  "stage's own in results.csv (with CPU time and load average).", ""]
     lines += NOTES
     return "\n".join(lines)
 
@@ -385,12 +614,14 @@ NOTES = [
     "8-bit differential (PRIME-style pairs) crossbars of the same size. Small layers fill "
     "whole tiles, so the counted reduction is far below the product of the ratios.",
     "* Cost: the cost model's presets (`cost_preset`: its ADCs, tiles and components; ISAAC "
-    "with 8-bit weights, on the pruned model compacted), activations of 16 MNIST test "
-    "images, a chip of ISAAC's area for both. The paper's 1.50x / 1.93x are for its own, "
-    "larger networks, whose layers fill many tiles; LeNet-5's pruned layers fill a few "
-    "tiles partly, so the ratios here are not the same measurement.",
-    "* CIFAR-10 (ResNet-20 on the JPEG q75 copy, `reram_emu.cifar10` and "
-    "`reram_emu.cifar_models`) is not in this run: one ResNet-20 training step at batch 128 "
-    "takes about 1 s on this 2-core CPU (about 6.5 min per epoch), so a >= 90 % float "
-    "baseline (100+ epochs) needs a GPU session.",
+    "with 8-bit weights, on the pruned model compacted), activations of 16 test images, a "
+    "chip of ISAAC's area for both. The paper's 1.50x / 1.93x are for its own, larger "
+    "networks, whose layers fill many tiles; LeNet-5's pruned layers fill a few tiles "
+    "partly, so the ratios here are not the same measurement.",
+    "* CIFAR-10: `--model resnet20`, `resnet18` or `vgg16` runs one CIFAR-10 network "
+    "(`reram_emu.cifar10` from `$RERAM_EMU_DATA`, `reram_emu.cifar_models`, batch norm "
+    "folded); a run without `--model` does MNIST then ResNet-20 (ResNet-18 on a GPU). One "
+    "ResNet-20 training step at batch 128 takes about 1 s on a 2-core CPU (about 6.5 min per "
+    "epoch), so its full setting (160 float epochs) needs a GPU session; `--quick --model "
+    "resnet20` is the short setting a CPU runs in about an hour.",
 ]

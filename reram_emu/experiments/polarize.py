@@ -120,8 +120,7 @@ class Settings:
     adc_range: bool = True
 
     def __post_init__(self):
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        self._check_model()
         for m in tuple(self.fragments) + tuple(self.variation_m):
             if m not in FRAGMENTS and m not in (2, 32, 64, 128):
                 raise ValueError(f"fragment sizes must be powers of two <= 128, got {m}")
@@ -135,6 +134,10 @@ class Settings:
             if self.eval_images is not None and (n is None or n > self.eval_images):
                 raise ValueError(f"{field} must not exceed eval_images (the stages read "
                                  f"prefixes of the no-noise read's images)")
+
+    def _check_model(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
 
 
 #: MNIST LeNet-5, sized for a 2-core CPU (the whole pipeline in about 12 minutes): the ADMM and

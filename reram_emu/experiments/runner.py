@@ -10,6 +10,9 @@ An experiment is a module with:
   its work (checkpoints) under ``work_dir``;
 * ``evaluate(context, points, seed) -> list[dict]``: the metrics of each point;
 * ``report(rows, out_dir, quick) -> str``: writes plots (PNG) and returns the Markdown summary.
+* ``MODEL_OPTIONS`` (optional): ``{name: one line}``, the networks ``--model`` may name; such
+  a module's ``points``, ``prepare`` and ``configuration`` take ``model`` (None: its default)
+  as a last argument, and the name is recorded in ``settings.json``.
 
 The runner writes ``results.csv`` (one line per finished point, written at once) and
 ``results.json`` (rows, configuration, package version, command), then ``summary.md``; every
@@ -223,16 +226,25 @@ def _read_settings(path: Path, csv_path: Path, settings: dict, fresh: str) -> No
 
 
 def run_experiment(module, out_dir: Path, *, quick: bool = False, resume: bool = False,
-                   seed: int = 0, progress: bool = True) -> dict:
-    """Run ``module`` (see the module docstring) and write its report folder."""
+                   seed: int = 0, progress: bool = True, model: str | None = None) -> dict:
+    """Run ``module`` (see the module docstring) and write its report folder; ``model`` names
+    one of the module's ``MODEL_OPTIONS`` (None: the module's default)."""
+    options = getattr(module, "MODEL_OPTIONS", None)
+    if model is not None and options is None:
+        raise UserError(f"experiment {module.NAME!r} takes no --model")
+    if model is not None and model not in options:
+        raise UserError(f"unknown --model {model!r} for {module.NAME}; known: "
+                        f"{', '.join(options)}")
     try:
-        return _run(module, Path(out_dir), quick, resume, seed, progress)
+        return _run(module, Path(out_dir), quick, resume, seed, progress, options, model)
     except CheckpointError as error:
         raise UserError(str(error)) from None
 
 
-def _run(module, out_dir: Path, quick: bool, resume: bool, seed: int, progress: bool) -> dict:
+def _run(module, out_dir: Path, quick: bool, resume: bool, seed: int, progress: bool,
+         options, model) -> dict:
     start = time.time()
+    extra = () if options is None else (model,)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"the output folder {out_dir} is an existing file; choose another --out")
     try:
@@ -244,12 +256,14 @@ def _run(module, out_dir: Path, quick: bool, resume: bool, seed: int, progress: 
         raise UserError(f"cannot write to the output folder {out_dir}: "
                         f"{error.strerror or error}; choose another --out") from None
     command = "python -m reram_emu.experiments run " + module.NAME + (" --quick" if quick else "") \
-        + (f" --seed {seed}" if seed else "")
+        + (f" --seed {seed}" if seed else "") + (f" --model {model}" if model else "")
     fresh = f"{command} --out {out_dir}"
     csv_path = out_dir / "results.csv"
     settings_path = out_dir / "settings.json"
     settings = {"experiment": module.NAME, "quick": quick, "seed": seed}
-    points = module.points(quick)
+    if options is not None:
+        settings["model"] = model
+    points = module.points(quick, *extra)
     finished: dict[str, dict] = {}
     if resume:
         _read_settings(settings_path, csv_path, settings, fresh)
@@ -263,7 +277,7 @@ def _run(module, out_dir: Path, quick: bool, resume: bool, seed: int, progress: 
             for p in points if point_id(p) in finished]
     writer = _CsvWriter(csv_path, kept)
     if todo:
-        context = module.prepare(quick, seed, out_dir / "work")
+        context = module.prepare(quick, seed, out_dir / "work", *extra)
         group = getattr(module, "group", lambda point: 0)
         batches: dict[Any, list[dict]] = {}
         for point in todo:
@@ -280,7 +294,7 @@ def _run(module, out_dir: Path, quick: bool, resume: bool, seed: int, progress: 
     elapsed = time.time() - start
     record = {"experiment": module.NAME, "description": module.DESCRIPTION, "quick": quick,
               "seed": seed, "version": __version__, "command": command,
-              "configuration": getattr(module, "configuration", lambda q: {})(quick),
+              "configuration": getattr(module, "configuration", lambda q, *a: {})(quick, *extra),
               "wall_time_s": elapsed, "resumed_points": len(points) - len(todo), "rows": rows}
     _write_atomic(out_dir / "results.json", json.dumps(record, indent=2, default=str))
     _write_atomic(out_dir / "summary.md",
