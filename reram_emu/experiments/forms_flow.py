@@ -537,6 +537,14 @@ def report(rows, out_dir, quick) -> str:
                       + (" Trained by an earlier run of this folder and loaded from its "
                          "checkpoint (its training time is not in this run's wall time)."
                          if base.get("loaded_checkpoint") else ""), ""]
+        if base and quick and name == "cifar10":
+            lines += ["The short setting (`--quick`, `forms_flow.cifar_settings`): 3 float epochs, "
+                      "each ADMM and fine-tuning phase one epoch of 100 steps, what a 2-core CPU "
+                      "runs in under an hour. Its accuracies show the flow running end to end on "
+                      "the real data and the emulated read following the float model (compare "
+                      "the flow rows' float_acc in results.csv); they are no measurement of "
+                      "what the flow costs a trained network: that needs the full setting, on a "
+                      "GPU.", ""]
         if pruned:
             lines += [f"Pruning stage: {pruned['prune_ratio']:.2f}x fewer weights "
                       f"({pruned['nonzero']} of {pruned['weights']}), float accuracy "
