@@ -183,8 +183,8 @@ def cifar_settings(network: str, short: bool = False) -> tuple[CifarSettings,
     image read, the robustness row on 1000 images x 20 keys. Not yet run: no session so far
     had a GPU. ``short`` (``--quick``): what a 2-core CPU runs in about an hour (ResNet-20: 3
     float epochs, each ADMM and fine-tuning phase one epoch of 100 steps, 500 test images,
-    robustness on 50 images x 20 keys: an emulated ResNet-20 read takes about 0.1 s per image
-    there); its accuracies are far below the paper's and say only that the flow runs end to
+    robustness on 50 images x 20 keys: an emulated ResNet-20 read took about 0.25 s per image
+    and key there); its accuracies are far below the paper's and say only that the flow runs end to
     end on the real data.
     """
     if network not in CIFAR_NETWORKS:
@@ -640,7 +640,8 @@ NOTES = [
     "* CIFAR-10: `--model resnet20`, `resnet18` or `vgg16` runs one CIFAR-10 network "
     "(`reram_emu.cifar10` from `$RERAM_EMU_DATA`, `reram_emu.cifar_models`, batch norm "
     "folded); a run without `--model` does MNIST then ResNet-20 (ResNet-18 on a GPU). One "
-    "ResNet-20 training step at batch 128 takes about 1 s on a 2-core CPU (about 6.5 min per "
-    "epoch), so its full setting (160 float epochs) needs a GPU session; `--quick --model "
-    "resnet20` is the short setting a CPU runs in about an hour.",
+    "float ResNet-20 epoch (390 steps of 128) took about 4 min on a 2-core CPU (measured in "
+    "the committed short run), so its full setting (160 float epochs, then 60 epochs of "
+    "pruning and 30 of polarization per m) needs a GPU session; `--quick --model resnet20` is "
+    "the short setting a CPU runs in under an hour.",
 ]
