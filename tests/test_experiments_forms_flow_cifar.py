@@ -60,6 +60,8 @@ def test_cifar_settings_and_options():
     with pytest.raises(ValueError, match="resnet20"):
         F.CifarSettings(model="lenet5", baseline=full.baseline, polarize=full.polarize,
                         admm=full.admm)
+    with pytest.raises(ValueError, match="network must be one of"):
+        F.cifar_settings("resnet50")
     with pytest.raises(UserError, match="no --quick"):
         F.points(True, "lenet5")
 
@@ -86,8 +88,8 @@ def test_resnet20_flow_on_fixture_files(tmp_path, monkeypatch):
     assert flow["nonzero"] <= pruned["nonzero"]  # polarization never revives a pruned weight
     assert flow["paper_drop_points"] == F.TABLE_I["resnet18"]["drop_points"][8]
     # the flowed weights keep every zero of the pruned ones
-    view = F.Context.weights(context, "cifar10", context.pruned("cifar10").params)
-    after = F.Context.weights(context, "cifar10", context.flowed("cifar10", 8).params)
+    view = context.weights("cifar10", context.pruned("cifar10").params)
+    after = context.weights("cifar10", context.flowed("cifar10", 8).params)
     for name, w in view.items():
         assert np.all(after[name][w == 0] == 0), name
     assert isinstance(context.baseline("cifar10"), dict)

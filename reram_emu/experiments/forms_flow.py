@@ -84,6 +84,8 @@ def table_i(model: str) -> dict:
     """The paper's Table I row beside this study's ``model`` (MNIST's LeNet-5 row for the
     MNIST and digits networks)."""
     return TABLE_I.get(model, TABLE_I["lenet5_caffe"])
+
+
 TARGETS = {"prune_ratio": 20.0, "drop_points_m8": 0.2}  # MNIST's
 CIFAR_TARGET_FLOAT = 0.90  # ResNet-20's float baseline (fraction)
 COST_M = 16
@@ -117,7 +119,6 @@ DIGITS = dataclasses.replace(P.DIGITS_QUICK, variation_m=(ROBUST_M,), variation_
 DIGITS_PRUNE_ADMM = dataclasses.replace(
     trained.ADMM_QUICK, weight_bits=None,
     prune=PruneConfig(rows=2, columns=2, layers={"fc3/w": {"columns": 1}}))
-
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -293,12 +294,9 @@ class Context(P.Context):
         return isinstance(self.settings[name], CifarSettings)
 
     def folder(self, name: str) -> Path:
-        if not self._cifar(name):
-            return super().folder(name)
-        folder = self.work / f"{name}_{self.settings[name].model}_seed{self.seed}" \
-                             f"{'_quick' if self.quick else ''}"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        """A CIFAR-10 network's work folder also names the network."""
+        return super().folder(f"{name}_{self.settings[name].model}" if self._cifar(name)
+                              else name)
 
     def data(self, name: str):
         if not self._cifar(name):
@@ -316,8 +314,7 @@ class Context(P.Context):
                 raise UserError(f"{error} (for this study: set $RERAM_EMU_DATA to that "
                                 "folder)") from None
             bn = cifar_models.cifar_model(s.model)
-            folded = cifar_models.cifar_model(s.model, batch_norm=False)
-            model = CifarNetwork(cifar_models.folded_apply(folded), bn)
+            model = CifarNetwork(cifar_models.folded_apply(bn.clone(batch_norm=False)), bn)
             order = np.random.default_rng(self.seed).permutation(len(data.x_test))
             return data, model, order
         return self._memo(("data", name), build)
