@@ -19,8 +19,6 @@ transform; that file keeps its measurement.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
@@ -28,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from machine import describe  # noqa: E402 (benchmarks/machine.py, beside this script)
 import reram_emu as rx
 from reram_emu.crossbar import read
 from reram_emu.datasets import load_dataset
@@ -128,8 +127,8 @@ def main():
             times[name].append(timed(fn)[0])
 
     acc = {n: float(results[n]) for n in list(methods)[:3]}
-    print(f"# jax {jax.__version__} on {jax.default_backend()}, {os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}; LeNet-5, MNIST test images: "
+    print(describe())
+    print(f"# LeNet-5, MNIST test images: "
           f"{len(x)}, batch {args.batch}, FORMS m = 8, {args.repeats} repeats")
     print(f"{'method':32s} {'first_s':>8s} {'median_s':>9s} {'min_s':>8s} {'max_s':>8s} "
           f"{'x float':>8s}")

@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sparse  # noqa: E402
 import scipy.sparse.linalg as sparse_linalg  # noqa: E402
 
+from machine import describe  # noqa: E402 (benchmarks/machine.py, beside this script)
 from reram_emu.circuit import transfer_matrix  # noqa: E402
 
 
@@ -111,8 +112,8 @@ def main():
 
     methods = {"jax f64": (jnp.float64, 0), "jax f32": (jnp.float32, 0),
                "jax f32+ref": (jnp.float32, 1)}
-    print(f"# jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}; conductance U[1e-6, 1e-4] S, "
+    print(describe())
+    print(f"# load average {os.getloadavg()[0]:.1f}; conductance U[1e-6, 1e-4] S, "
           f"r_wire = {args.r_wire} ohm, ideal driver/sense")
     print(f"{'N':>5} {'method':<12} {'median_s':>9} {'min_s':>9} {'max_s':>9} "
           f"{'runs':>4} {'speedup':>8} {'rel_err':>9}")

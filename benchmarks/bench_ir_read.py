@@ -16,6 +16,7 @@ import time
 import jax
 import numpy as np
 
+from machine import describe  # noqa: E402 (benchmarks/machine.py, beside this script)
 import reram_emu as rx
 from reram_emu.circuit import WireConfig
 
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    print(describe())
     rng = np.random.default_rng(0)
     config = rx.preset("forms")
     signs = np.repeat(rng.choice([-1.0, 1.0], size=(args.size // 8, args.size)), 8, axis=0)

@@ -16,14 +16,13 @@ Prints the median and the spread (min..max) of ``--repeats`` timings.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from machine import describe  # noqa: E402 (benchmarks/machine.py, beside this script)
 import reram_emu as rx
 from reram_emu.config import DeviceConfig
 
@@ -97,8 +96,7 @@ def main() -> None:
         ("ideal float32 matmul", timed(matmul, x, w32, repeats=args.repeats)),
     ]
     matmul_median = np.median(rows[-1][1])
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    print(describe())
     print(f"layer {size} x {size}, batch {batch}, FORMS preset: {conversions:.3e} ADC conversions "
           f"per read; {args.repeats} repeats")
     print(f"{'':40s} {'median s':>10s} {'min..max s':>17s} {'conv/s':>10s} {'x matmul':>9s}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from machine import describe  # noqa: E402 (benchmarks/machine.py, beside this script)
 from reram_emu import training
 from reram_emu.experiments.trained import digits_mlp, forms_config
 from reram_emu.nn import analog
@@ -96,8 +96,8 @@ def main() -> None:
     def run_loop():
         return jnp.stack([single(point, key) for point in singles])
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}; load average (1, 5, 15 min) "
+    print(describe())
+    print(f"load average (1, 5, 15 min) "
           f"at start {tuple(round(v, 2) for v in load_start)}")
     print(f"digits MLP polarized at m={FRAGMENT}, FORMS m={FRAGMENT}, {args.images} images, "
           f"{settings} settings (16 variation x 16 read-noise sigmas), 1 key, "

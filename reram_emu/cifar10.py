@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .cache import default_cache_dir
 from .datasets import (Dataset, DatasetMismatchError, DatasetNotFoundError, DatasetTypeError,
                        _check_arguments, _check_data_dir, _stratified_split)
 
@@ -62,7 +63,6 @@ JPEG_LABEL = "CIFAR-10 (JPEG q75 copy)"
 SPLITS = ("train", "test")
 #: The environment variable naming the data folder when ``data_dir`` is None.
 DATA_ENV = "RERAM_EMU_DATA"
-CACHE_ENV = "RERAM_EMU_CACHE"
 _CACHE_FORMAT = 1
 _SOURCES = ("auto", "pickle", "jpeg")
 
@@ -290,14 +290,6 @@ def _checked(a: np.ndarray, name: str) -> np.ndarray:
 # --------------------------------------------------------------------------- cache
 
 
-def default_cache_dir() -> Path:
-    """``$RERAM_EMU_CACHE``, else ``$XDG_CACHE_HOME/reram_emu``, else ``~/.cache/reram_emu``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "reram_emu"
-
-
 def _source_key(kind: str, path: Path) -> str:
     """The source's identity: size, mtime and SHA-256 (tarball) or every file's (folder)."""
     h = hashlib.sha256(f"{_CACHE_FORMAT} {kind}".encode())
@@ -430,16 +422,20 @@ def load_cifar10(data_dir=None, *, cache_dir=None, cache: bool = True, source: s
 # --------------------------------------------------------------------------- augmentation
 
 
-@partial(jax.jit, static_argnames="pad")
-def augment(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
+@partial(jax.jit, static_argnames=("pad", "flip"))
+def augment(key: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True) -> jax.Array:
     """Random crop after ``pad`` pixels of zero padding, and random horizontal flip.
 
     ``images``: (N, H, W, C); each image gets its own offset (uniform in [0, 2 pad] per
-    axis) and flip (probability 1/2) from ``jax.random.split(key, N)``. Pure and jitted: the
-    same key gives the same output; vmap-able over keys.
+    axis) and, with ``flip``, flip (probability 1/2) from ``jax.random.split(key, N)``. Pure
+    and jitted: the same key gives the same output; vmap-able over keys. ``flip=False`` with a
+    small ``pad`` is the random-shift augmentation of digits (a flipped digit is another
+    glyph).
     """
     if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
         raise TypeError(f"pad must be a non-negative int, got {pad!r}")
+    if not isinstance(flip, bool):
+        raise TypeError(f"flip must be a bool, got {flip!r}")
     if images.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C), got shape {images.shape} (load with "
                          f"flatten=False)")
@@ -450,6 +446,6 @@ def augment(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
         k_shift, k_flip = jax.random.split(k)
         dy, dx = jax.random.randint(k_shift, (2,), 0, 2 * pad + 1)
         crop = jax.lax.dynamic_slice(img, (dy, dx, 0), (h, w, c))
-        return jnp.where(jax.random.bernoulli(k_flip), crop[:, ::-1], crop)
+        return jnp.where(jax.random.bernoulli(k_flip), crop[:, ::-1], crop) if flip else crop
 
     return jax.vmap(one)(jax.random.split(key, n), padded)

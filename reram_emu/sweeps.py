@@ -9,14 +9,18 @@ laid out on a one-dimensional mesh). Structural choices (fragment rows, bits, ma
 array shapes; :func:`group_by_structure` splits a list of configurations into groups that each
 compile once.
 
-Several hosts: start every process with ``jax.distributed.initialize(...)`` (coordinator
-address, process count and id) and call :func:`sweep` with ``devices=jax.devices()``: the mesh
-then spans all hosts' devices and each host computes its shard of the points.
+Several hosts (or processes): start every process with ``jax.distributed.initialize(...)``
+(coordinator address, process count and id; on CPUs also
+``jax.config.update("jax_cpu_collectives_implementation", "gloo")`` first) and call
+:func:`sweep` with the same arguments and ``devices=jax.devices()`` on every process: the mesh
+then spans all processes' devices, each computes its shard of the points, and every process
+gets the whole result (tested with two processes on one machine).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Any, Callable, Sequence
 
@@ -135,11 +139,13 @@ def sweep(evaluate: Callable[[NoiseParameters, jax.Array], Any], noise: NoisePar
       noise: a batch of points, every field shaped (points,).
       keys: (R,) typed keys, e.g. ``jax.random.split(jax.random.key(0), 20)``.
       chunk_size: points evaluated together per device (memory bound).
-      devices: the devices to shard the points over (default: all local devices).
+      devices: the devices to shard the points over (default: all local devices). Devices of
+        other processes (``jax.devices()`` after ``jax.distributed.initialize``) make this a
+        multi-process sweep: every process must call it with the same arguments.
 
     Returns:
-      The metrics pytree with leading axes (points, R). One compilation per call signature:
-      new values of the same number of points reuse it.
+      The metrics pytree with leading axes (points, R), on every process. One compilation per
+      call signature: new values of the same number of points reuse it.
     """
     if not callable(evaluate):
         raise TypeError(f"evaluate must be a function (noise, key) -> metrics, got "
@@ -171,35 +177,45 @@ def sweep(evaluate: Callable[[NoiseParameters, jax.Array], Any], noise: NoisePar
     padded = len(devices) * chunks * chunk
 
     def pad(values):
-        values = jnp.asarray(values)
-        filler = jnp.broadcast_to(values[-1:], (padded - points,) + values.shape[1:])
-        return jnp.concatenate([values, filler]).reshape((len(devices), chunks, chunk)
-                                                         + values.shape[1:])
+        values = np.asarray(values)
+        filler = np.broadcast_to(values[-1:], (padded - points,) + values.shape[1:])
+        return np.concatenate([values, filler]).reshape((len(devices), chunks, chunk)
+                                                        + values.shape[1:])
 
-    shaped = jax.tree_util.tree_map(pad, noise)
     mesh = Mesh(np.asarray(devices), ("points",))
-    sharding = NamedSharding(mesh, PartitionSpec("points"))
-    shaped = jax.device_put(shaped, sharding)
-    replicated = jax.device_put(keys, NamedSharding(mesh, PartitionSpec()))
-    result = _compiled_sweep(evaluate)(shaped, replicated)
+    sharded = NamedSharding(mesh, PartitionSpec("points"))
+    shaped = jax.tree_util.tree_map(lambda v: _put(pad(v), sharded), noise)
+    # keys travel as their raw bits (a multi-process array is built from host data) and are
+    # re-wrapped inside the computation: the same keys, bit for bit
+    key_data = _put(np.asarray(jax.random.key_data(keys)), NamedSharding(mesh, PartitionSpec()))
+    result = _sweep_chunks(shaped, key_data, evaluate, jax.random.key_impl(keys))
+    if not sharded.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        result = jax.tree_util.tree_map(
+            lambda r: jnp.asarray(multihost_utils.process_allgather(r, tiled=True)), result)
     return jax.tree_util.tree_map(
         lambda r: r.reshape((padded,) + r.shape[3:])[:points], result)
 
 
-_CACHE: dict[Any, Callable] = {}
+def _put(values: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Host data (the same on every process) as an array laid out by ``sharding``."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(values, sharding)
+    return jax.make_array_from_callback(values.shape, sharding, lambda index: values[index])
 
 
-def _compiled_sweep(evaluate):
-    """One jitted function per ``evaluate`` (kept so repeated sweeps reuse the compilation)."""
-    if evaluate not in _CACHE:
-        over_keys = jax.vmap(evaluate, in_axes=(None, 0))
-        over_points = jax.vmap(over_keys, in_axes=(0, None))
+@functools.partial(jax.jit, static_argnames=("evaluate", "impl"))
+def _sweep_chunks(noise_chunks, key_data, evaluate, impl):
+    """(devices, chunks, chunk) points x keys; compiled once per ``evaluate``, key kind and
+    shapes (in JAX's own bounded jit cache)."""
+    keys = jax.random.wrap_key_data(key_data, impl=impl)
+    over_keys = jax.vmap(evaluate, in_axes=(None, 0))
+    over_points = jax.vmap(over_keys, in_axes=(0, None))
 
-        def per_device(noise_chunks, keys):
-            return jax.lax.map(lambda chunk: over_points(chunk, keys), noise_chunks)
+    def per_device(chunks):
+        return jax.lax.map(lambda chunk: over_points(chunk, keys), chunks)
 
-        _CACHE[evaluate] = jax.jit(jax.vmap(per_device, in_axes=(0, None)))
-    return _CACHE[evaluate]
+    return jax.vmap(per_device)(noise_chunks)
 
 
 def structure_of(config: CrossbarConfig) -> CrossbarConfig:

@@ -237,6 +237,14 @@ def test_augment_is_a_keyed_random_crop_and_flip():
     for i in range(8):  # no padding: the image or its mirror
         assert (np.array_equal(zero[i], images[i]) or
                 np.array_equal(zero[i], np.asarray(images[i])[:, ::-1]))
+    # flip=False (digits' random shift): an unflipped crop, and with no padding the image
+    assert np.array_equal(C.augment(jax.random.key(3), images, pad=0, flip=False), images)
+    shifted = np.asarray(C.augment(jax.random.key(1), images, pad=2, flip=False))
+    for i in range(8):
+        crops = [padded[i, dy:dy + 6, dx:dx + 5] for dy in range(5) for dx in range(5)]
+        assert any(np.array_equal(shifted[i], c) for c in crops), i
+    with pytest.raises(TypeError, match="flip must be a bool"):
+        C.augment(jax.random.key(0), images, flip=1)
     with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
         C.augment(jax.random.key(0), jnp.zeros((4, 3072)))
     with pytest.raises(TypeError, match="pad"):

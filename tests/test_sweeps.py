@@ -109,3 +109,65 @@ def test_sweep_shards_over_four_host_devices():
     local = sweep(evaluate, noise_grid(config, variation_sigma=np.linspace(0, 0.2, 10)),
                   jax.random.split(jax.random.key(0), 2), chunk_size=2)
     np.testing.assert_allclose(sharded, np.asarray(local), rtol=1e-5)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_over_two_processes_equals_the_single_process_sweep():
+    """Two processes on localhost (jax.distributed with a local coordinator, gloo CPU
+    collectives), one device each: one sweep sharded over both, every process gets the whole
+    result, equal to this process's sweep of the same points and keys."""
+    code = textwrap.dedent("""
+        import sys
+        import jax
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"localhost:{sys.argv[1]}",
+                                   num_processes=2, process_id=int(sys.argv[2]),
+                                   initialization_timeout=120)
+        import numpy as np
+        import reram_emu as rx
+        from reram_emu.sweeps import noise_grid, sweep
+        from tests.test_sweeps import make_evaluate
+        assert jax.process_count() == 2 and jax.device_count() == 2
+        config = rx.preset("forms").replace(inputs=rx.InputConfig(bits=8))
+        evaluate, traces = make_evaluate(config)
+        keys = jax.random.split(jax.random.key(0), 3)
+        grid = noise_grid(config, variation_sigma=np.linspace(0, 0.2, 7),
+                          read_noise_sigma=[0.0, 0.03])
+        errors = sweep(evaluate, grid, keys, chunk_size=4, devices=jax.devices())
+        assert errors.shape == (14, 3) and len(traces) == 1
+        print(repr(np.asarray(errors).tolist()))
+        jax.distributed.shutdown()
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", code, port, str(i)], env=env, cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outputs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err[-3000:]
+            outputs.append(np.asarray(eval(out.strip().splitlines()[-1])))
+    finally:
+        for p in procs:
+            p.kill()
+    config = rx.preset("forms").replace(inputs=rx.InputConfig(bits=8))
+    evaluate, _ = make_evaluate(config)
+    grid = noise_grid(config, variation_sigma=np.linspace(0, 0.2, 7), read_noise_sigma=[0.0, 0.03])
+    # one device here: chunks of 4 points as on each of the two processes, same program
+    local = np.asarray(sweep(evaluate, grid, jax.random.split(jax.random.key(0), 3),
+                             chunk_size=4))
+    assert outputs[0].shape == (14, 3)
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(outputs[0], local)
+    # the first point is noise-free (every key reads the same), the second has read noise
+    assert np.ptp(local[0]) == 0 and np.ptp(local[1]) > 0

@@ -1,5 +1,9 @@
 """``python -m reram_emu.experiments [list | run NAME [--quick] [--out DIR] [--resume]
-[--seed N] [--model NETWORK]]``. With no arguments: the embedded default study."""
+[--seed N] [--model NETWORK]]``. With no arguments: the embedded default study.
+
+Every run keeps JAX's compiled programs in a persistent cache
+(:func:`reram_emu.cache.enable_compilation_cache`), so the next run skips most compilation;
+``RERAM_EMU_COMPILE_CACHE=DIR`` moves it, ``RERAM_EMU_COMPILE_CACHE=0`` switches it off."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ..cache import enable_compilation_cache
 from .runner import UserError, run_experiment
 
 EXPERIMENTS = {
@@ -74,6 +79,10 @@ def main(argv=None) -> int:
         if seed < 0:
             raise UserError(f"--seed must be >= 0, got {seed}")
         module = load(name)
+        try:
+            enable_compilation_cache()
+        except ValueError as error:
+            raise UserError(str(error)) from None
         out = Path("reports") / name if out is None else out
         run_experiment(module, out, quick=quick, resume=resume, seed=seed, progress=progress,
                        model=model)
