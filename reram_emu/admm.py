@@ -42,7 +42,7 @@ import numpy as np
 
 from .config import CrossbarConfig, MappingConfig, WeightConfig
 from .mapping import map_weights
-from .polarization import (PolarizationReport, fragment_signs, is_polarized,
+from .polarization import (PolarizationReport, expand_fragments, fragment_signs, is_polarized,
                            polarization_violations, project_polarized)
 from .pruning import PruneConfig, project_pruned
 from .quantization import quantize_weights
@@ -143,7 +143,7 @@ def _project(name: str, w: jax.Array, signs: dict, config: ADMMConfig):
     the mask is 1 where a weight may stay non-zero."""
     if config.prune is not None:
         return project_pruned(w, config.prune.ratios(name), config.prune.fragment_rows)
-    expanded = jnp.repeat(signs[name], config.fragment_rows, axis=0)[:w.shape[0]]
+    expanded = expand_fragments(signs[name], config.fragment_rows, w.shape[0])
     projected = project_polarized(w, config.fragment_rows, signs=signs[name])
     return projected, (w * expanded >= 0).astype(w.dtype)
 
@@ -235,7 +235,7 @@ def clamp_to_signs(weights: dict, signs: dict, masks: dict, fragment_rows: int) 
         if name not in signs:
             out[name] = jnp.where(masks[name] > 0, w, 0.0).astype(w.dtype)
             continue
-        expanded = jnp.repeat(signs[name], fragment_rows, axis=0)[:w.shape[0]]
+        expanded = expand_fragments(signs[name], fragment_rows, w.shape[0])
         out[name] = jnp.where((w * expanded >= 0) & (masks[name] > 0), w, 0.0).astype(w.dtype)
     return out
 

@@ -25,8 +25,10 @@ __all__ = ["CACHE_ENV", "COMPILE_CACHE_ENV", "default_cache_dir", "compilation_c
 CACHE_ENV = "RERAM_EMU_CACHE"
 COMPILE_CACHE_ENV = "RERAM_EMU_COMPILE_CACHE"
 _OFF = ("0", "off", "false", "no")
-#: the compilation cache's size limit; JAX evicts the least recently used programs beyond it
-MAX_BYTES = 2 << 30
+#: the compilation cache's size limit: :func:`enable_compilation_cache` deletes the least
+#: recently written programs beyond it, once, when it starts (JAX's own size limit rescans the
+#: whole folder at every write: quadratic in the number of programs, measured)
+MAX_BYTES = 1 << 30
 
 
 def default_cache_dir() -> Path:
@@ -54,7 +56,8 @@ def _fingerprint() -> str:
     import jaxlib
     text = (f"jax {jax.__version__} jaxlib {jaxlib.__version__} {platform.machine()} "
             f"{_cpu_features()}")
-    return f"jax{jax.__version__}-{platform.machine()}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"jax{jax.__version__}-{platform.machine()}-{digest}"
 
 
 def compilation_cache_dir() -> Path | None:
@@ -84,8 +87,8 @@ def enable_compilation_cache(path=None) -> Path | None:
 
     Every program is cached, however quickly it compiled (jax's
     ``jax_persistent_cache_min_compile_time_secs`` set to 0): the study's reads are many
-    programs of a second or less each. The folder is kept under :data:`MAX_BYTES` (least
-    recently used programs evicted). A cached program is the same machine code, so results
+    programs of a second or less each. The folder is trimmed to :data:`MAX_BYTES` when this
+    is called (oldest programs first). A cached program is the same machine code, so results
     are bit for bit those of a fresh compilation.
     """
     folder = compilation_cache_dir() if path is None else Path(os.fspath(path)).expanduser()
@@ -99,9 +102,35 @@ def enable_compilation_cache(path=None) -> Path | None:
     except OSError as error:
         raise ValueError(f"cannot create the compilation cache folder {folder}: {error}; "
                          f"name another folder or set {COMPILE_CACHE_ENV}=0") from None
+    _trim(folder, MAX_BYTES)
     import jax
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return folder
+
+
+def _trim(folder: Path, max_bytes: int) -> int:
+    """Delete the oldest files (by modification time) until ``folder`` holds at most
+    ``max_bytes``; returns how many were deleted. A file another process removes first is
+    skipped."""
+    entries = []
+    for path in folder.iterdir():
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            entries.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    deleted = 0
+    for _, size, path in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        try:
+            path.unlink()
+            deleted += 1
+        except OSError:
+            pass
+        total -= size
+    return deleted

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "fragment_view",
+    "expand_fragments",
     "fragment_signs",
     "project_polarized",
     "polarization_violations",
@@ -55,8 +56,11 @@ def fragment_signs(weights: jax.Array, fragment_rows: int, rule: str = "sum") ->
     return jnp.where(score >= 0, 1.0, -1.0).astype(weights.dtype)
 
 
-def _expand_signs(signs: jax.Array, fragment_rows: int, rows: int) -> jax.Array:
-    return jnp.repeat(signs, fragment_rows, axis=0)[:rows]
+def expand_fragments(per_fragment: jax.Array, fragment_rows: int, rows: int) -> jax.Array:
+    """The inverse of :func:`fragment_view` for one value per fragment: ``(F, ...)`` values
+    (fragment signs, a fragment's keep mask) repeated over each fragment's ``fragment_rows``
+    word lines and cut to the layer's ``rows`` (the last fragment may be partial)."""
+    return jnp.repeat(per_fragment, fragment_rows, axis=0)[:rows]
 
 
 def project_polarized(weights: jax.Array, fragment_rows: int, rule: str = "sum",
@@ -69,7 +73,7 @@ def project_polarized(weights: jax.Array, fragment_rows: int, rule: str = "sum",
     """
     if signs is None:
         signs = fragment_signs(weights, fragment_rows, rule)
-    expanded = _expand_signs(signs, fragment_rows, weights.shape[0])
+    expanded = expand_fragments(signs, fragment_rows, weights.shape[0])
     return jnp.where(weights * expanded >= 0, weights, jnp.zeros_like(weights))
 
 
@@ -86,7 +90,7 @@ def polarization_violations(weights: jax.Array, fragment_rows: int,
                             rule: str = "sum") -> PolarizationReport:
     """Count the fragments that are not polarized and what projecting them would remove."""
     signs = fragment_signs(weights, fragment_rows, rule)
-    expanded = _expand_signs(signs, fragment_rows, weights.shape[0])
+    expanded = expand_fragments(signs, fragment_rows, weights.shape[0])
     wrong = (weights * expanded) < 0
     broken = jnp.any(fragment_view(wrong.astype(jnp.int32), fragment_rows) > 0, axis=1)
     total = jnp.sqrt(jnp.sum(weights.astype(jnp.float32) ** 2))

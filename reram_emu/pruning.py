@@ -40,7 +40,7 @@ import numpy as np
 
 from .config import CrossbarConfig
 from .mapping import column_layout
-from .polarization import fragment_view
+from .polarization import expand_fragments, fragment_view
 
 __all__ = ["STRUCTURES", "PruneConfig", "keep_count", "structure_norms", "project_structures",
            "project_pruned", "structure_counts", "compact", "CrossbarUsage", "crossbar_usage",
@@ -175,7 +175,7 @@ def _expand(keep: jax.Array, structure: str, shape, fragment_rows: int) -> jax.A
         return jnp.broadcast_to(keep[:, None], shape)
     if structure == "columns":
         return jnp.broadcast_to(keep[None, :], shape)
-    return jnp.repeat(keep, fragment_rows, axis=0)[:k]
+    return expand_fragments(keep, fragment_rows, k)
 
 
 def project_structures(weights: jax.Array, structure: str, k: int,
@@ -254,7 +254,7 @@ def compact(weights, fragment_rows: int | None = None
         groups = -(-w.shape[0] // fragment_rows)
         live = np.pad(rows, (0, groups * fragment_rows - w.shape[0]))
         live = np.any(live.reshape(groups, fragment_rows), axis=1)
-        rows = np.repeat(live, fragment_rows)[:w.shape[0]]
+        rows = np.asarray(expand_fragments(live, fragment_rows, w.shape[0]))
     return w[rows][:, cols], rows, cols
 
 

@@ -402,11 +402,11 @@ def _from_signature(signature):
     return jax.tree_util.tree_unflatten(treedef, [jnp.zeros(s, d) for s, d in leaves])
 
 
-def _step_for(model, params, example, phase, noise_aware, admm, optimizer_args):
+def _step_for(model, params, example, phase, noise_aware, admm, optimizer_args, augment=None):
     """``(view, step, optimizer)`` of one phase; cached (bounded) when the model is hashable,
     so repeated phases with the same settings and shapes compile once."""
     key = (model, _signature(params), _signature(example), phase, noise_aware, admm,
-           optimizer_args)
+           optimizer_args, augment)
     if _hashable_or_none(key) is None:
         return _build_step(model, params, example, phase, noise_aware, admm, optimizer_args)
     return _cached_step(*key)
@@ -414,25 +414,33 @@ def _step_for(model, params, example, phase, noise_aware, admm, optimizer_args):
 
 @functools.lru_cache(maxsize=32)
 def _cached_step(model, params_signature, example_signature, phase, noise_aware, admm,
-                 optimizer_args):
+                 optimizer_args, augment):
     return _build_step(model, _from_signature(params_signature),
                        _from_signature(example_signature), phase, noise_aware, admm,
-                       optimizer_args)
+                       optimizer_args, augment)
 
 
-def _build_step(model, params, example, phase, noise_aware, admm, optimizer_args):
+def _build_step(model, params, example, phase, noise_aware, admm, optimizer_args, augment=None):
     optimizer = _optimizer(*optimizer_args)
     view = crossbar_view(model, params, example) if phase != "baseline" else None
-    return view, _make_step(_float_fn(model), view, phase, noise_aware, admm, optimizer), \
-        optimizer
+    return view, _make_step(_float_fn(model), view, phase, noise_aware, admm, optimizer,
+                            augment), optimizer
+
+
+#: ``fold_in`` constant that derives a step's augmentation key from its step key (the noise
+#: keys are ``split(step key)``, so the augmentation draws are independent of them).
+_AUGMENT_STREAM = 0x61756721
 
 
 def _make_step(apply: Callable, view, phase: str, noise_aware: NoiseAware | None,
-               admm: admm_lib.ADMMConfig | None, optimizer):
-    """One jitted train step: ``apply`` the float forward, ``view`` the crossbar weights."""
+               admm: admm_lib.ADMMConfig | None, optimizer, augment: Callable | None = None):
+    """One jitted train step: ``apply`` the float forward, ``view`` the crossbar weights,
+    ``augment(key, x)`` (optional) the batch's random augmentation."""
     forward = noise_aware.forward(apply) if noise_aware is not None else None
 
     def loss_fn(params, state: TrainState, x, y, key):
+        if augment is not None:
+            x = augment(jax.random.fold_in(key, _AUGMENT_STREAM), x)
         if forward is None:
             logits = apply(params, x)
         else:
@@ -485,7 +493,8 @@ def train(model, params, data, config: TrainConfig, *, phase: str = "baseline",
           admm: admm_lib.ADMMConfig | None = None, signs: dict | None = None,
           masks: dict | None = None, noise_aware: NoiseAware | None = None,
           checkpoint: str | None = None, log: Callable[[str], None] | None = print,
-          eval_data=None, stop_after: int | None = None) -> tuple[TrainState, list]:
+          eval_data=None, stop_after: int | None = None,
+          augment: Callable | None = None) -> tuple[TrainState, list]:
     """Run one phase; returns the final TrainState and the per-epoch history.
 
     Args:
@@ -504,6 +513,16 @@ def train(model, params, data, config: TrainConfig, *, phase: str = "baseline",
       checkpoint: path of this phase's .npz; resumed from when it exists.
       stop_after: return after this many epochs of this call, as an interrupted run would
         (the checkpoint is then not marked done; a later call resumes).
+      augment: None, or a jittable ``augment(key, x_batch) -> x_batch`` of the same shape
+        (e.g. :func:`reram_emu.cifar10.augment`: random crop and flip) applied to every
+        training batch inside the step, its key derived from the step's key (same seed, same
+        augmentations). Test-set evaluation never sees it. A module-level function keeps
+        the step cached and the checkpoint's provenance stable (it records the function's
+        qualified name).
+
+    Raises:
+      ValueError: an unknown phase, or a phase without what it needs.
+      TypeError: ``noise_aware`` not a :class:`NoiseAware`, ``augment`` not callable.
     """
     apply = _float_fn(model)
     if phase not in ("baseline", "admm", "finetune"):
@@ -516,6 +535,9 @@ def train(model, params, data, config: TrainConfig, *, phase: str = "baseline",
         raise ValueError("masks apply to the 'admm' and 'finetune' phases only")
     if noise_aware is not None and not isinstance(noise_aware, NoiseAware):
         raise TypeError(f"noise_aware must be a NoiseAware, got {type(noise_aware).__name__}")
+    if augment is not None and not callable(augment):
+        raise TypeError(f"augment must be None or a function (key, x) -> x, got "
+                        f"{type(augment).__name__}")
     log = log or (lambda s: None)
     eval_data = data if eval_data is None else eval_data
     x_train, y_train = np.asarray(data.x_train), np.asarray(data.y_train)
@@ -529,7 +551,7 @@ def train(model, params, data, config: TrainConfig, *, phase: str = "baseline",
     view, train_step, optimizer = _step_for(
         model, params, jnp.asarray(x_train[:config.batch_size]), phase, noise_aware,
         admm if phase != "baseline" else None,
-        (config.schedule, float(lr), total_steps, config.final_lr_fraction))
+        (config.schedule, float(lr), total_steps, config.final_lr_fraction), augment)
     state = TrainState(params=params, opt_state=optimizer.init(params),
                        admm=(admm_lib.init_admm(view.get(params), admm)
                              if phase == "admm" else None),
@@ -539,7 +561,8 @@ def train(model, params, data, config: TrainConfig, *, phase: str = "baseline",
     provenance = None if checkpoint is None else checkpoint_provenance(
         phase, config.seed, model=model, config=config, admm=admm, noise_aware=noise_aware,
         start=params, data=[list(x_train.shape), y_train],
-        **({"prior_masks": masks} if phase == "admm" and masks is not None else {}))
+        **({"prior_masks": masks} if phase == "admm" and masks is not None else {}),
+        **({"augment": augment} if augment is not None else {}))
     if checkpoint is not None and os.path.exists(checkpoint):
         state, meta = load_checkpoint(checkpoint, state, expect=provenance)
         start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
@@ -620,17 +643,18 @@ def _phase_checkpoint(checkpoint_dir: str | None, name: str) -> str | None:
 def admm_phase(model, params, data, admm: admm_lib.ADMMConfig,
                config: TrainConfig, *, noise_aware: NoiseAware | None = None,
                checkpoint: str | None = None, log: Callable[[str], None] | None = print,
-               eval_data=None, masks: dict | None = None) -> tuple[Any, list]:
+               eval_data=None, masks: dict | None = None,
+               augment: Callable | None = None) -> tuple[Any, list]:
     """The ADMM phase of :func:`polarize` alone: ``admm.epochs`` epochs of W-steps with Z/U
     updates (``config.epochs`` is ignored; the learning-rate schedule is
     ``admm.admm_schedule``). Returns ``(params, history)``; the params are close to, not on,
     the constraint set (see :func:`finetune_phase`). ``masks``: an earlier stage's, whose
-    zeros stay zero."""
+    zeros stay zero. ``augment``: see :func:`train`."""
     state, history = train(
         model, params, data,
         dataclasses.replace(config, epochs=admm.epochs, schedule=admm.admm_schedule),
         phase="admm", admm=admm, noise_aware=noise_aware, checkpoint=checkpoint, log=log,
-        eval_data=eval_data, masks=masks)
+        eval_data=eval_data, masks=masks, augment=augment)
     return state.params, history
 
 
@@ -638,13 +662,14 @@ def finetune_phase(model, admm_params, data, admm: admm_lib.ADMMConfig,
                    config: TrainConfig, *, noise_aware: NoiseAware | None = None,
                    checkpoint: str | None = None, log: Callable[[str], None] | None = print,
                    eval_data=None, check_config: CrossbarConfig | None = None,
-                   history: list | None = None, masks: dict | None = None) -> PolarizeResult:
+                   history: list | None = None, masks: dict | None = None,
+                   augment: Callable | None = None) -> PolarizeResult:
     """The end of :func:`polarize`: hard projection of ``admm_params`` -> masked fine-tuning
     (``admm.finetune_epochs`` epochs, optionally noise-aware) -> ``admm.weight_bits``
     quantization -> check. ``history`` (e.g. the ADMM phase's) is prepended to the returned
     history. ``masks`` (an earlier stage's) multiply the projection's, so nothing an earlier
-    stage zeroed grows back. Raises RuntimeError if the result is not exactly on the
-    constraint set (polarized, or pruned to at most k structures).
+    stage zeroed grows back. ``augment``: see :func:`train`. Raises RuntimeError if the result
+    is not exactly on the constraint set (polarized, or pruned to at most k structures).
 
     Starting two fine-tunings (say plain and noise-aware) from the same ``admm_params``
     compares the fine-tunings alone: same signs, same masks, same number of steps.
@@ -660,7 +685,7 @@ def finetune_phase(model, admm_params, data, admm: admm_lib.ADMMConfig,
     ft_state, ft_history = train(
         model, start, data, dataclasses.replace(config, epochs=admm.finetune_epochs),
         phase="finetune", admm=admm, signs=signs, masks=masks, noise_aware=noise_aware,
-        checkpoint=checkpoint, log=log, eval_data=eval_data)
+        checkpoint=checkpoint, log=log, eval_data=eval_data, augment=augment)
     final = ft_state.params
     if admm.weight_bits is not None:
         final = view.put(final, admm_lib.quantize_weights_dict(view.get(final),
@@ -676,13 +701,14 @@ def polarize(model, params, data, admm: admm_lib.ADMMConfig,
              config: TrainConfig, *, noise_aware: NoiseAware | None = None,
              checkpoint_dir: str | None = None, log: Callable[[str], None] | None = print,
              eval_data=None, check_config: CrossbarConfig | None = None,
-             masks: dict | None = None) -> PolarizeResult:
+             masks: dict | None = None, augment: Callable | None = None) -> PolarizeResult:
     """ADMM polarization -> hard projection -> masked fine-tuning -> quantization -> check.
 
     With ``admm.prune`` (a :class:`reram_emu.pruning.PruneConfig`) the same stage prunes
     instead: the constraint is at most k non-zero structures per layer. ``masks`` (an
     earlier stage's, e.g. the pruning's ``result.masks`` when polarizing) keep its zeros zero
-    through both phases (:func:`prune_polarize_quantize` chains the stages).
+    through both phases (:func:`prune_polarize_quantize` chains the stages). ``augment``
+    (see :func:`train`) augments both phases' batches.
 
     :func:`admm_phase` then :func:`finetune_phase`. ``config.epochs`` is ignored: the phases
     run ``admm.epochs`` and ``admm.finetune_epochs``. With ``checkpoint_dir`` each phase
@@ -694,11 +720,11 @@ def polarize(model, params, data, admm: admm_lib.ADMMConfig,
     admm_params, admm_history = admm_phase(
         model, params, data, admm, config, noise_aware=noise_aware,
         checkpoint=_phase_checkpoint(checkpoint_dir, "admm"), log=log, eval_data=eval_data,
-        masks=masks)
+        masks=masks, augment=augment)
     return finetune_phase(model, admm_params, data, admm, config, noise_aware=noise_aware,
                           checkpoint=_phase_checkpoint(checkpoint_dir, "finetune"), log=log,
                           eval_data=eval_data, check_config=check_config, history=admm_history,
-                          masks=masks)
+                          masks=masks, augment=augment)
 
 
 class FlowResult(NamedTuple):
@@ -715,7 +741,8 @@ def prune_polarize_quantize(model, params, data, prune: admm_lib.ADMMConfig,
                             noise_aware: NoiseAware | None = None,
                             checkpoint_dir: str | None = None,
                             log: Callable[[str], None] | None = print, eval_data=None,
-                            check_config: CrossbarConfig | None = None) -> FlowResult:
+                            check_config: CrossbarConfig | None = None,
+                            augment: Callable | None = None) -> FlowResult:
     """FORMS's flow (Yuan et al., ISCA 2021, Sec. IV): crossbar-aware structured pruning by
     ADMM, then polarization by ADMM keeping the pruned weights zero, then quantization to
     ``polarize_admm.weight_bits``. Each stage is :func:`polarize` (ADMM, hard projection,
@@ -727,6 +754,7 @@ def prune_polarize_quantize(model, params, data, prune: admm_lib.ADMMConfig,
       polarize_admm: the polarization stage (``prune`` None) with the final quantization.
       checkpoint_dir: each stage checkpoints to ``prune/`` and ``polarize/`` there (each with
         ``admm.npz`` and ``finetune.npz``); a rerun resumes at the last finished epoch.
+      augment: every stage's training batches go through it (see :func:`train`).
 
     Raises:
       ValueError: a stage of the wrong kind, or unequal fragment sizes where both use one.
@@ -743,10 +771,12 @@ def prune_polarize_quantize(model, params, data, prune: admm_lib.ADMMConfig,
         return None if checkpoint_dir is None else os.path.join(checkpoint_dir, name)
 
     pruned = polarize(model, params, data, prune, config, noise_aware=None,
-                      checkpoint_dir=stage("prune"), log=log, eval_data=eval_data)
+                      checkpoint_dir=stage("prune"), log=log, eval_data=eval_data,
+                      augment=augment)
     polarized = polarize(model, pruned.params, data, polarize_admm, config,
                          noise_aware=noise_aware, checkpoint_dir=stage("polarize"), log=log,
-                         eval_data=eval_data, check_config=check_config, masks=pruned.masks)
+                         eval_data=eval_data, check_config=check_config, masks=pruned.masks,
+                         augment=augment)
     return FlowResult(pruned, polarized)
 
 

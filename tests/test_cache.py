@@ -58,3 +58,13 @@ def test_a_second_process_loads_the_first_ones_programs(tmp_path):
     second, files_second = run()
     assert second["out"] == first["out"]
     assert files_second == files_first
+
+
+def test_the_folder_is_trimmed_to_its_size_limit_oldest_first(tmp_path):
+    for i, name in enumerate(["old", "mid", "new"]):
+        path = tmp_path / name
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 + i, 1000 + i))
+    assert cache._trim(tmp_path, 250) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mid", "new"]
+    assert cache._trim(tmp_path, 1000) == 0

@@ -190,3 +190,39 @@ def test_checkpoint_provenance_of_a_model_function_is_stable_across_processes():
     assert here == runs[0]
     other = T.checkpoint_provenance("baseline", 0, model=lenet5(row_order="width").apply)
     assert other["config"] != here  # the architecture is part of it
+
+
+def _zero_images(key, x):
+    """An 'augmentation' that blanks the batch: a model trained through it sees no pixels."""
+    return jnp.zeros_like(x)
+
+
+def test_augmentation_reaches_every_training_batch_and_is_keyed(digits, tmp_path):
+    model = SmallCNN()
+    params = model.init(jax.random.key(0), digits.x_train[:2])
+    config = T.TrainConfig(epochs=1, batch_size=32, learning_rate=3e-3, max_steps_per_epoch=5)
+
+    def run(augment, **kw):
+        return T.train(model.apply, params, digits, config, log=None, augment=augment, **kw)
+
+    blank, _ = run(_zero_images)
+    kernel = params["params"]["Conv_0"]["kernel"]
+    # blank batches: the convolution's kernel gets no gradient, the output layer's bias does
+    assert np.array_equal(blank.params["params"]["Conv_0"]["kernel"], kernel)
+    assert not np.array_equal(blank.params["params"]["Dense_0"]["bias"],
+                              params["params"]["Dense_0"]["bias"])
+    from reram_emu.experiments.polarize import shift_augment
+    shifted, _ = run(shift_augment)
+    again, _ = run(shift_augment)
+    plain, _ = run(None)
+    leaves = jax.tree_util.tree_leaves
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(shifted.params), leaves(again.params)))
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(shifted.params),
+                                                         leaves(plain.params)))
+    # a checkpoint records its augmentation: resuming it without one is refused
+    path = str(tmp_path / "aug.npz")
+    run(shift_augment, checkpoint=path)
+    with pytest.raises(T.CheckpointError):
+        run(None, checkpoint=path)
+    with pytest.raises(TypeError, match="augment must be None or a function"):
+        run(3)

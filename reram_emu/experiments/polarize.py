@@ -100,6 +100,11 @@ class Settings:
       monitor_images: test images of the per-epoch accuracy in the training histories (the
         first of the same permutation; None: all). Monitoring only: no stage reads it.
       adc_range: run the ``adc_range`` stage.
+      augment: the float baseline trains on randomly augmented batches
+        (:meth:`Context.augmentation`: shifts of up to 2 pixels for MNIST, crop and flip for
+        CIFAR-10; image models only).
+      augment_flow: so do the ADMM and fine-tuning phases (polarization; in ``forms_flow``
+        also pruning).
     """
 
     model: str
@@ -118,9 +123,14 @@ class Settings:
     calibration_images: int = 500
     monitor_images: int | None = None
     adc_range: bool = True
+    augment: bool = False
+    augment_flow: bool = False
 
     def __post_init__(self):
         self._check_model()
+        if (self.augment or self.augment_flow) and self.model == "mlp":
+            raise ValueError("augment and augment_flow need an image model (the mlp reads "
+                             "flattened 8x8 digits)")
         for m in tuple(self.fragments) + tuple(self.variation_m):
             if m not in FRAGMENTS and m not in (2, 32, 64, 128):
                 raise ValueError(f"fragment sizes must be powers of two <= 128, got {m}")
@@ -251,6 +261,13 @@ def configuration(quick: bool) -> dict:
     }
 
 
+def shift_augment(key: jax.Array, images: jax.Array) -> jax.Array:
+    """MNIST's augmentation: each image shifted by up to 2 pixels per axis (zero padding, the
+    background), no flip (:func:`reram_emu.cifar10.augment` with ``pad=2, flip=False``)."""
+    from ..cifar10 import augment
+    return augment(key, images, pad=2, flip=False)
+
+
 def _settings_record(s: Settings) -> dict:
     record = dataclasses.asdict(s)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in record.items()}
@@ -347,6 +364,13 @@ class Context:
     def train_config(self, config: T.TrainConfig) -> T.TrainConfig:
         return dataclasses.replace(config, seed=self.seed)
 
+    def augmentation(self, name: str, flow: bool = False):
+        """The batch augmentation of a training phase (the float baseline, or with ``flow``
+        the ADMM and fine-tuning phases) of data set ``name``, or None when its settings'
+        ``augment`` (``augment_flow``) is off."""
+        s = self.settings[name]
+        return shift_augment if (s.augment_flow if flow else s.augment) else None
+
     def admm_config(self, name: str, m: int) -> admm_lib.ADMMConfig:
         return dataclasses.replace(self.settings[name].admm, fragment_rows=int(m))
 
@@ -356,7 +380,7 @@ class Context:
             state, _ = T.train(model.apply, model.init(jax.random.key(self.seed)), data,
                                self.train_config(self.settings[name].baseline),
                                checkpoint=str(self.folder(name) / "baseline.npz"), log=self.log,
-                               eval_data=self.monitor(name))
+                               eval_data=self.monitor(name), augment=self.augmentation(name))
             return state.params
         return self._memo(("baseline", name), build)
 
@@ -366,7 +390,8 @@ class Context:
             return T.admm_phase(model.apply, self.baseline(name), data, self.admm_config(name, m),
                                 self.train_config(self.settings[name].polarize),
                                 checkpoint=str(self.folder(name) / f"admm_m{m}" / "admm.npz"),
-                                log=self.log, eval_data=self.monitor(name))
+                                log=self.log, eval_data=self.monitor(name),
+                                augment=self.augmentation(name, flow=True))
         return self._memo(("admm", name, m), build)
 
     def polarized(self, name: str, m: int, noise_aware: bool = False) -> T.PolarizeResult:
@@ -381,7 +406,8 @@ class Context:
                                     self.train_config(self.settings[name].polarize),
                                     noise_aware=aware, checkpoint=str(path), log=self.log,
                                     check_config=forms(m), history=history,
-                                    eval_data=self.monitor(name))
+                                    eval_data=self.monitor(name),
+                                    augment=self.augmentation(name, flow=True))
         return self._memo(("polarized", name, m, noise_aware), build)
 
     def float_correct(self, name: str, params: dict, n: int | None) -> np.ndarray:
