@@ -81,8 +81,8 @@ def main(argv=None) -> int:
         module = load(name)
         try:
             enable_compilation_cache()
-        except ValueError as error:
-            raise UserError(str(error)) from None
+        except ValueError as error:  # a cache is a speed-up: run without it, say why
+            print(f"warning: no compilation cache: {error}", file=sys.stderr)
         out = Path("reports") / name if out is None else out
         run_experiment(module, out, quick=quick, resume=resume, seed=seed, progress=progress,
                        model=model)
