@@ -408,7 +408,8 @@ def _step_for(model, params, example, phase, noise_aware, admm, optimizer_args, 
     key = (model, _signature(params), _signature(example), phase, noise_aware, admm,
            optimizer_args, augment)
     if _hashable_or_none(key) is None:
-        return _build_step(model, params, example, phase, noise_aware, admm, optimizer_args)
+        return _build_step(model, params, example, phase, noise_aware, admm, optimizer_args,
+                           augment)
     return _cached_step(*key)
 
 

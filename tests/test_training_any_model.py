@@ -226,3 +226,24 @@ def test_augmentation_reaches_every_training_batch_and_is_keyed(digits, tmp_path
         run(None, checkpoint=path)
     with pytest.raises(TypeError, match="augment must be None or a function"):
         run(3)
+
+
+class _UnhashableAugment:
+    """An augmentation object that cannot be a cache key (``__eq__`` without ``__hash__``),
+    so the train step is built uncached."""
+
+    def __eq__(self, other):
+        return self is other
+
+    def __call__(self, key, x):
+        return _zero_images(key, x)
+
+
+def test_an_unhashable_augmentation_still_reaches_the_uncached_step(digits):
+    model = SmallCNN()
+    params = model.init(jax.random.key(0), digits.x_train[:2])
+    config = T.TrainConfig(epochs=1, batch_size=32, learning_rate=3e-3, max_steps_per_epoch=3)
+    state, _ = T.train(model.apply, params, digits, config, log=None,
+                       augment=_UnhashableAugment())
+    assert np.array_equal(state.params["params"]["Conv_0"]["kernel"],
+                          params["params"]["Conv_0"]["kernel"])

@@ -149,8 +149,8 @@ class CifarSettings(P.Settings):
     ``momentum``, ``weight_decay`` and, with ``augment``, :func:`reram_emu.cifar10.augment`
     (random crop with 4-pixel padding, horizontal flip). The batch norm is then folded and the
     flow (pruning, polarization, fine-tuning: Adam, ``polarize``) trains the folded weights,
-    with the same augmentation when ``augment_flow``. ``data_dir``, ``source`` and ``strict`` go to
-    :func:`reram_emu.cifar10.load_cifar10` (None: ``$RERAM_EMU_DATA``).
+    with the same augmentation when ``augment_flow``. ``data_dir``, ``source`` and ``strict``
+    go to :func:`reram_emu.cifar10.load_cifar10` (None: ``$RERAM_EMU_DATA``).
     """
 
     momentum: float = 0.9
