@@ -9,25 +9,24 @@ import platform
 import jax
 import jaxlib
 
+from reram_emu._xla_flags import cpu_flags
+
 FLAGS = ("avx2", "avx512f", "fma", "neon", "asimd")
 
 
 def _cpu() -> tuple[str, list[str]]:
-    model, flags = platform.processor() or platform.machine(), []
+    model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "Model") and model in ("", platform.machine(),
-                                                                platform.processor()):
+                if key.strip() in ("model name", "Model"):
                     model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    present = set(value.split())
-                    flags = [name for name in FLAGS if name in present]
+                    break
     except OSError:
         pass
-    return model, flags
+    present = cpu_flags() or frozenset()
+    return model, [name for name in FLAGS if name in present]
 
 
 def describe() -> str:

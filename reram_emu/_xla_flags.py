@@ -73,13 +73,24 @@ def apply_default() -> bool:
     return True
 
 
-def _has_avx512() -> bool:
-    """Whether this CPU reports AVX-512 (Linux /proc/cpuinfo; True when unknown)."""
+def cpu_flags() -> frozenset[str] | None:
+    """The feature flags the first CPU reports (Linux ``/proc/cpuinfo``: x86 ``flags``, Arm
+    ``Features``), or None when the system does not say."""
     try:
         with open("/proc/cpuinfo") as handle:
-            return "avx512f" in handle.read()
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
     except OSError:
-        return True
+        pass
+    return None
+
+
+def _has_avx512() -> bool:
+    """Whether this CPU reports AVX-512 (True when unknown)."""
+    flags = cpu_flags()
+    return flags is None or "avx512f" in flags
 
 
 def applied() -> tuple[bool, str]:

@@ -19,6 +19,8 @@ import os
 import platform
 from pathlib import Path
 
+from ._xla_flags import cpu_flags
+
 __all__ = ["CACHE_ENV", "COMPILE_CACHE_ENV", "default_cache_dir", "compilation_cache_dir",
            "enable_compilation_cache"]
 
@@ -40,15 +42,8 @@ def default_cache_dir() -> Path:
 
 
 def _cpu_features() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return " ".join(sorted(value.split()))
-    except OSError:
-        pass
-    return platform.processor()
+    flags = cpu_flags()
+    return platform.processor() if flags is None else " ".join(sorted(flags))
 
 
 def _fingerprint() -> str:
