@@ -99,6 +99,9 @@ def test_settings_are_checked():
         dataclasses.replace(TINY, eval_images=100)
     with pytest.raises(ValueError, match="model"):
         dataclasses.replace(TINY, model="resnet")
+    for field in ("augment", "augment_flow"):  # the mlp reads flattened digits
+        with pytest.raises(ValueError, match="need an image model"):
+            dataclasses.replace(TINY, model="mlp", **{field: True})
 
 
 def test_points_and_configuration():
